@@ -1,0 +1,196 @@
+"""The controller: worker processes, instances with their schedulers, and the serving loop."""
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from gyges.cluster.config import ClusterConfig
+from gyges.engine.batch import build_step
+from gyges.engine.kv_pool import DevicePages, KVPool
+from gyges.engine.scheduler import ScheduledBatch, Scheduler
+from gyges.engine.sequence import SamplingParams, Sequence
+from gyges.memory.layout import DeviceLayout, device_layout, units_per_block
+from gyges.model.config import ModelError
+from gyges.model.loader import load_config, load_tokenizer, resolve_model
+from gyges.worker.handle import WorkerError, WorkerHandle, spawn_context
+from gyges.worker.worker import DTYPES, WorkerSpec
+
+LOAD_TIMEOUT_S = 600
+
+
+@dataclass
+class Instance:
+    devices: list[int]
+    scheduler: Scheduler
+
+    @property
+    def tp(self) -> int:
+        return len(self.devices)
+
+
+@dataclass
+class Output:
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+    error: str | None = None
+    logits: list[np.ndarray] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _eos_ids(path, config, tokenizer) -> set[int]:
+    ids = set(config.eos_token_ids)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    gen = path / "generation_config.json" if path.is_dir() else None
+    if gen is not None and gen.exists():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    return ids
+
+
+class Cluster:
+    def __init__(self, cfg: ClusterConfig, record_logits: bool = False):
+        self.cfg = cfg
+        self.record_logits = record_logits
+        self.path = resolve_model(cfg.model)
+        self.model_config = load_config(self.path)
+        self.tokenizer = load_tokenizer(self.path)
+        self.eos_ids = _eos_ids(self.path, self.model_config, self.tokenizer)
+        self.layout: DeviceLayout = device_layout(self.model_config, cfg.max_tp, cfg.block_tokens,
+                                                  DTYPES[cfg.dtype].itemsize, cfg.memory_bytes)
+        need = self.layout.min_pages(cfg.tp) + units_per_block(cfg.max_tp, cfg.tp)
+        if need > self.layout.num_pages:
+            raise ModelError(f"the model needs at least {need * self.layout.page_bytes / 2**20:.0f} MiB per device "
+                             f"at TP {cfg.tp} (weights plus one KV block); --device-memory gives "
+                             f"{cfg.memory_bytes / 2**20:.0f} MiB")
+        spec = WorkerSpec(str(self.path), cfg.dtype, cfg.device_type, cfg.memory_bytes, cfg.max_tp,
+                          cfg.block_tokens, cfg.devices, _free_port(), cfg.threads_per_device, cfg.tp)
+        ctx = spawn_context()
+        self.workers = [WorkerHandle(ctx, r, spec) for r in range(cfg.devices)]
+        try:
+            for w in self.workers:
+                w.recv(timeout=LOAD_TIMEOUT_S)
+        except WorkerError:
+            self.shutdown()
+            raise
+        self.instances = [self._make_instance(list(range(s, s + cfg.tp))) for s in range(0, cfg.devices, cfg.tp)]
+        self.logits: dict[int, list[np.ndarray]] = {}
+
+    def _make_instance(self, devices: list[int]) -> Instance:
+        tp = len(devices)
+        pages = [DevicePages(self.layout.free_pages(tp, r)) for r in range(tp)]
+        pool = KVPool(pages, self.cfg.max_tp, self.cfg.block_tokens)
+        return Instance(devices, Scheduler(pool, self.cfg.max_num_seqs, self.cfg.max_batched_tokens))
+
+    # requests
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None) -> Sequence:
+        params = params or SamplingParams()
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
+        limit = self.model_config.max_position_embeddings
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) + params.max_tokens > limit:
+            raise ValueError(f"the prompt has {len(ids)} tokens and asks for {params.max_tokens} more; "
+                             f"the model's context is {limit} tokens")
+        if max(ids) >= self.model_config.vocab_size or min(ids) < 0:
+            raise ValueError(f"prompt token ids must lie in [0, {self.model_config.vocab_size})")
+        seq = Sequence(ids, params)
+        inst = max(self.instances, key=lambda i: (i.scheduler.pool.free_blocks * i.tp, -i.scheduler.load_tokens))
+        inst.scheduler.add(seq)
+        return seq
+
+    @property
+    def has_work(self) -> bool:
+        return any(i.scheduler.has_work for i in self.instances)
+
+    # the loop
+
+    def step(self) -> list[tuple[Sequence, int | None]]:
+        """One step of every instance with work; returns (sequence, new token or None when it failed)."""
+        launched, events = [], []
+        for inst in self.instances:
+            batch = inst.scheduler.schedule()
+            for seq in batch.failed:
+                inst.scheduler.finish(seq, "error")
+                events.append((seq, None))
+            if not batch:
+                continue
+            m = units_per_block(self.cfg.max_tp, inst.tp)
+            for r, dev in enumerate(inst.devices):
+                self.workers[dev].send("step", build_step(batch.seqs, batch.num_tokens, r, m, self.cfg.block_tokens,
+                                                          want_logits=self.record_logits and r == 0))
+            launched.append((inst, batch))
+        for inst, batch in launched:
+            answers = [self.workers[d].recv() for d in inst.devices]
+            events += self._apply(inst, batch, *answers[0])
+        return events
+
+    def _apply(self, inst: Instance, batch: ScheduledBatch, tokens: list[int], logits) -> list:
+        events, k = [], 0
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            seq.num_computed += n
+            if seq.num_computed < seq.num_tokens:
+                continue
+            tok = tokens[k]
+            if logits is not None:
+                self.logits.setdefault(seq.id, []).append(logits[k])
+            k += 1
+            seq.output_ids.append(tok)
+            events.append((seq, tok))
+            self._check_stop(inst, seq, tok)
+        return events
+
+    def _check_stop(self, inst: Instance, seq: Sequence, tok: int):
+        p = seq.params
+        if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
+            inst.scheduler.finish(seq, "stop")
+        elif p.stop:
+            text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+            hit = min((text.find(s) for s in p.stop if s in text), default=-1)
+            if hit >= 0:
+                seq.text = text[:hit]
+                inst.scheduler.finish(seq, "stop")
+        if not seq.finished and len(seq.output_ids) >= p.max_tokens:
+            inst.scheduler.finish(seq, "length")
+
+    def text_of(self, seq: Sequence) -> str:
+        if seq.finish_reason == "stop" and seq.params.stop and seq.text:
+            return seq.text
+        return self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+
+    def generate(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams] | None = None,
+                 progress: bool = False, on_token: Callable[[Sequence, int], None] | None = None) -> list[Output]:
+        params = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        seqs = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+        bar = tqdm(total=len(seqs), desc="generate", disable=not progress, unit="req")
+        while self.has_work:
+            for seq, tok in self.step():
+                if tok is not None and on_token:
+                    on_token(seq, tok)
+                if seq.finished and seq in seqs:
+                    bar.update(1)
+        bar.close()
+        return [Output(s.prompt_ids, s.output_ids, self.text_of(s) if not s.error else "", s.finish_reason,
+                       s.error, self.logits.pop(s.id, [])) for s in seqs]
+
+    def shutdown(self):
+        for w in getattr(self, "workers", []):
+            w.stop()
+        self.workers = []
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()

@@ -1,0 +1,55 @@
+"""Cluster settings, checked once, with messages that say what to change."""
+import os
+import re
+from dataclasses import dataclass
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(text: str | int) -> int:
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot read {text!r} as a size; write it like 512MiB or 2GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def is_power_of_two(x: int) -> bool:
+    return x >= 1 and not x & (x - 1)
+
+
+@dataclass
+class ClusterConfig:
+    model: str | None = None
+    devices: int = 1
+    tp: int = 1
+    max_tp: int | None = None
+    device_memory: str | int = "512MiB"
+    dtype: str = "bfloat16"
+    device_type: str = "cpu"
+    block_tokens: int = 16
+    max_num_seqs: int = 64
+    max_batched_tokens: int = 512
+    threads_per_device: int | None = None
+
+    def __post_init__(self):
+        if self.devices < 1:
+            raise ValueError(f"--devices must be at least 1, got {self.devices}")
+        if not is_power_of_two(self.tp):
+            raise ValueError(f"--tp must be a power of two, got {self.tp}")
+        if self.tp > self.devices or self.devices % self.tp:
+            raise ValueError(f"--tp {self.tp} does not fit {self.devices} device(s): "
+                             f"the devices must divide into groups of {self.tp}")
+        if self.max_tp is None:
+            self.max_tp = self.devices & -self.devices  # the largest power of two dividing the devices
+        if not is_power_of_two(self.max_tp) or self.max_tp < self.tp or self.devices % self.max_tp:
+            raise ValueError(f"--max-tp must be a power of two, at least --tp ({self.tp}), dividing --devices "
+                             f"({self.devices}); got {self.max_tp}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.block_tokens < 1 or self.max_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise ValueError("block_tokens, max_batched_tokens and max_num_seqs must be positive")
+        self.memory_bytes = parse_bytes(self.device_memory)
+        if self.threads_per_device is None:
+            self.threads_per_device = max(1, (os.cpu_count() or 1) // self.devices)

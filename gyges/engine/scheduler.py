@@ -1,0 +1,98 @@
+"""Continuous batching for one instance: decode and chunked prefill in one token budget,
+preemption by recompute when KV pages run out."""
+from collections import deque
+from dataclasses import dataclass, field
+
+from gyges.engine.kv_pool import KVPool
+from gyges.engine.sequence import Sequence, Status
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_tokens: list[int] = field(default_factory=list)  # tokens computed for each seq this step
+    preempted: list[Sequence] = field(default_factory=list)
+    failed: list[Sequence] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.seqs)
+
+
+class Scheduler:
+    def __init__(self, pool: KVPool, max_num_seqs: int = 64, max_batched_tokens: int = 512):
+        self.pool = pool
+        self.max_num_seqs = max_num_seqs
+        self.max_batched_tokens = max_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence):
+        self.waiting.append(seq)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def load_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.running) + sum(s.num_tokens for s in self.waiting)
+
+    def fits_alone(self, seq: Sequence) -> bool:
+        """Whether the whole request could ever fit in this instance's KV pages."""
+        return self.pool.blocks_for(len(seq.prompt_ids) + seq.params.max_tokens) <= self.pool.total_blocks
+
+    def _preempt(self, seq: Sequence, batch: ScheduledBatch):
+        self.running.remove(seq)
+        self.pool.release(seq)
+        seq.num_computed = 0
+        seq.status = Status.WAITING
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        batch.preempted.append(seq)
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.max_batched_tokens
+        for seq in list(self.running):
+            if budget == 0:
+                break
+            if seq not in self.running:
+                continue
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            while not self.pool.can_grow(seq, seq.num_computed + n):
+                victim = next(s for s in reversed(self.running) if s not in batch.seqs)
+                self._preempt(victim, batch)
+                if victim is seq:
+                    break
+            if seq.status is not Status.RUNNING:
+                continue
+            self.pool.grow(seq, seq.num_computed + n)
+            batch.seqs.append(seq)
+            batch.num_tokens.append(n)
+            budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not self.fits_alone(seq):
+                self.waiting.popleft()
+                seq.error = (f"request needs {len(seq.prompt_ids) + seq.params.max_tokens} tokens of KV cache; "
+                             f"this instance holds at most {self.pool.total_blocks * self.pool.block_tokens}")
+                batch.failed.append(seq)
+                continue
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            if not self.pool.can_grow(seq, n) or (batch.preempted and seq in batch.preempted):
+                break
+            self.waiting.popleft()
+            self.pool.grow(seq, n)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            batch.seqs.append(seq)
+            batch.num_tokens.append(n)
+            budget -= n
+        return batch
+
+    def finish(self, seq: Sequence, reason: str):
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+        if seq in self.running:
+            self.running.remove(seq)
+        self.pool.release(seq)

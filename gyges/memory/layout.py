@@ -1,0 +1,163 @@
+"""Where every weight and KV byte of a device lives: a pure function of the model and `max_tp`.
+
+A device's arena is a row of equal pages; one page holds one KV unit. The first pages hold the
+replicated weights (embeddings, norms, head). Then come `max_tp` weight slabs: slab i holds the
+i-th finest shard of every sharded matrix of every layer, padded to whole pages. At TP t, rank r
+owns slabs [r*m, (r+1)*m) with m = max_tp // t: one contiguous page range, so a merge frees
+whole pages with no copy, and a matrix's shard at any degree is m equal-stride pieces.
+"""
+import math
+from dataclasses import dataclass
+
+from gyges.model.config import ModelConfig
+
+ALIGN_ELEMS = 16
+
+
+def pad_to(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A tensor at `offset` elements from the start of its region."""
+    offset: int
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class HeadPadding:
+    """Head and MLP sizes padded so KV heads and the intermediate size divide by `max_tp`."""
+    max_tp: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+
+    @classmethod
+    def of(cls, config: ModelConfig, max_tp: int) -> "HeadPadding":
+        kv = pad_to(config.num_kv_heads, max_tp)
+        return cls(max_tp, kv * config.group_size, kv, pad_to(config.intermediate_size, max_tp * 8))
+
+    @property
+    def q_per_shard(self) -> int:
+        return self.num_heads // self.max_tp
+
+    @property
+    def kv_per_shard(self) -> int:
+        return self.num_kv_heads // self.max_tp
+
+    @property
+    def inter_per_shard(self) -> int:
+        return self.intermediate_size // self.max_tp
+
+
+@dataclass(frozen=True)
+class KVUnit:
+    """One page: K and V of `block_tokens` tokens, one head group, every layer.
+
+    Shape [layers, 2, heads, block_tokens, head_dim] (heads outermost inside the unit, so one KV
+    head of a block is contiguous); at TP t a logical block is m = max_tp // t
+    units and rank r owns the contiguous run of head groups [r*m, (r+1)*m).
+    """
+    num_layers: int
+    block_tokens: int
+    heads: int
+    head_dim: int
+    dtype_bytes: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.num_layers, 2, self.heads, self.block_tokens, self.head_dim)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype_bytes
+
+
+def units_per_block(max_tp: int, tp: int) -> int:
+    return max_tp // tp
+
+
+def head_groups(max_tp: int, tp: int, rank: int) -> range:
+    """The head groups (finest shards) rank `rank` of a TP-`tp` instance owns."""
+    m = units_per_block(max_tp, tp)
+    return range(rank * m, (rank + 1) * m)
+
+
+@dataclass(frozen=True)
+class DeviceLayout:
+    config: ModelConfig
+    padding: HeadPadding
+    unit: KVUnit
+    replicated: dict[str, Slot]
+    shard: dict[str, Slot]
+    replicated_pages: int
+    slab_pages: int
+    num_pages: int
+
+    @property
+    def max_tp(self) -> int:
+        return self.padding.max_tp
+
+    @property
+    def page_bytes(self) -> int:
+        return self.unit.nbytes
+
+    @property
+    def page_elems(self) -> int:
+        return self.unit.nbytes // self.unit.dtype_bytes
+
+    def slab_pages_of(self, slab: int) -> range:
+        start = self.replicated_pages + slab * self.slab_pages
+        return range(start, start + self.slab_pages)
+
+    def weight_pages(self, tp: int, rank: int) -> range:
+        """The one contiguous page range of rank `rank`'s shard at TP `tp`."""
+        groups = head_groups(self.max_tp, tp, rank)
+        return range(self.slab_pages_of(groups.start).start, self.slab_pages_of(groups.stop - 1).stop)
+
+    def free_pages(self, tp: int, rank: int) -> list[int]:
+        """Pages not holding this rank's weights: the KV pool."""
+        owned = self.weight_pages(tp, rank)
+        return [p for p in range(self.replicated_pages, self.num_pages) if p not in owned]
+
+    def min_pages(self, tp: int) -> int:
+        return self.replicated_pages + self.slab_pages * units_per_block(self.max_tp, tp)
+
+
+def _place(entries: list[tuple[str, tuple[int, ...]]]) -> tuple[dict[str, Slot], int]:
+    slots, offset = {}, 0
+    for name, shape in entries:
+        slots[name] = Slot(offset, shape)
+        offset = pad_to(offset + math.prod(shape), ALIGN_ELEMS)
+    return slots, offset
+
+
+def device_layout(config: ModelConfig, max_tp: int, block_tokens: int, dtype_bytes: int,
+                  memory_bytes: int) -> DeviceLayout:
+    if max_tp < 1 or max_tp & (max_tp - 1):
+        raise ValueError(f"max_tp must be a power of two, got {max_tp}")
+    pad = HeadPadding.of(config, max_tp)
+    h, d = config.hidden_size, config.head_dim
+    unit = KVUnit(config.num_layers, block_tokens, pad.kv_per_shard, d, dtype_bytes)
+    page_elems = unit.nbytes // dtype_bytes
+    replicated = [("embed", (config.vocab_size, h)), ("norm", (h,))]
+    if not config.tie_word_embeddings:
+        replicated.append(("lm_head", (config.vocab_size, h)))
+    shard = []
+    qkv_rows = (pad.q_per_shard + 2 * pad.kv_per_shard) * d
+    for i in range(config.num_layers):
+        replicated += [(f"{i}.input_norm", (h,)), (f"{i}.post_norm", (h,))]
+        shard.append((f"{i}.qkv", (qkv_rows, h)))
+        if config.qkv_bias:
+            shard.append((f"{i}.qkv_bias", (qkv_rows,)))
+        shard += [(f"{i}.o", (pad.q_per_shard * d, h)), (f"{i}.gate_up", (2 * pad.inter_per_shard, h)),
+                  (f"{i}.down", (pad.inter_per_shard, h))]
+    rep_slots, rep_elems = _place(replicated)
+    shard_slots, shard_elems = _place(shard)
+    return DeviceLayout(config, pad, unit, rep_slots, shard_slots, -(-rep_elems // page_elems),
+                        -(-shard_elems // page_elems), memory_bytes // unit.nbytes)

@@ -1,0 +1,51 @@
+"""Cut full HF weights into the padded finest shards that the weight slabs hold (pure)."""
+import torch
+
+from gyges.memory.layout import HeadPadding
+from gyges.model.config import ModelConfig
+
+
+def pad_rows(w: torch.Tensor, rows: int) -> torch.Tensor:
+    """Zero rows appended: padded heads and MLP channels contribute nothing."""
+    if w.shape[0] == rows:
+        return w
+    return torch.cat([w, w.new_zeros(rows - w.shape[0], *w.shape[1:])])
+
+
+def layer_shards(config: ModelConfig, pad: HeadPadding, w: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """One layer's sharded matrices, `max_tp` finest shards each.
+
+    `w` holds the layer's HF tensors by short name (q_proj.weight, ...). Column-parallel parts are
+    output-major and q/k/v (gate/up) are interleaved per shard; row-parallel parts are transposed
+    to input-major so a shard is a row range.
+    """
+    d, n = config.head_dim, pad.max_tp
+    q = pad_rows(w["q_proj.weight"], pad.num_heads * d).chunk(n)
+    k = pad_rows(w["k_proj.weight"], pad.num_kv_heads * d).chunk(n)
+    v = pad_rows(w["v_proj.weight"], pad.num_kv_heads * d).chunk(n)
+    gate = pad_rows(w["gate_proj.weight"], pad.intermediate_size).chunk(n)
+    up = pad_rows(w["up_proj.weight"], pad.intermediate_size).chunk(n)
+    out = {
+        "qkv": [torch.cat(parts) for parts in zip(q, k, v)],
+        "o": list(pad_rows(w["o_proj.weight"].t(), pad.num_heads * d).chunk(n)),
+        "gate_up": [torch.cat(parts) for parts in zip(gate, up)],
+        "down": list(pad_rows(w["down_proj.weight"].t(), pad.intermediate_size).chunk(n)),
+    }
+    if config.qkv_bias:
+        qb = pad_rows(w["q_proj.bias"], pad.num_heads * d).chunk(n)
+        kb = pad_rows(w["k_proj.bias"], pad.num_kv_heads * d).chunk(n)
+        vb = pad_rows(w["v_proj.bias"], pad.num_kv_heads * d).chunk(n)
+        out["qkv_bias"] = [torch.cat(parts) for parts in zip(qb, kb, vb)]
+    return out
+
+
+def group_by_layer(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Split HF names into top-level tensors and per-layer dicts keyed by the name after `layers.i.`."""
+    top, layers = {}, {}
+    for name, t in weights.items():
+        if name.startswith("model.layers."):
+            i, rest = name[len("model.layers."):].split(".", 1)
+            layers.setdefault(int(i), {})[rest.split(".", 1)[1] if rest.startswith(("self_attn.", "mlp.")) else rest] = t
+        else:
+            top[name] = t
+    return top, [layers[i] for i in sorted(layers)]

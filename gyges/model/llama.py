@@ -1,0 +1,99 @@
+"""Llama-family forward pass of one tensor-parallel rank, on weights that live in the arena."""
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from gyges.memory.arena import Arena
+from gyges.model.attention import AttentionMeta, paged_attention, write_kv
+from gyges.model.rope import Rotary, apply_rotary
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor   # [T]
+    positions: torch.Tensor   # [T]
+    attention: AttentionMeta
+    logit_rows: torch.Tensor  # [n]: rows whose next-token logits are wanted
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def column_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [T, in]; w: [m, out, in] (m finest shards) -> [m, T, out]."""
+    if w.shape[0] == 1:
+        y = F.linear(x, w[0], None if bias is None else bias[0])
+        return y.unsqueeze(0)
+    y = torch.matmul(x, w.transpose(1, 2))
+    return y if bias is None else y + bias[:, None, :]
+
+
+def row_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x: [m, T, in]; w: [m, in, out] (input-major shards) -> partial sums [T, out]."""
+    if w.shape[0] == 1:
+        return x[0] @ w[0]
+    return torch.bmm(x, w).sum(0)
+
+
+class LlamaShard:
+    def __init__(self, arena: Arena):
+        self.arena = arena
+        self.config = arena.layout.config
+        self.pad = arena.layout.padding
+        self.rotary = Rotary(self.config, arena.pages.device)
+        self.kv = arena.kv()
+        self.group = None
+
+    def bind(self, tp: int, rank: int, group):
+        """Point at the shards rank `rank` owns at TP `tp`; views only, no copy."""
+        a, c = self.arena, self.config
+        self.tp, self.rank, self.group = tp, rank, group
+        self.m = a.layout.max_tp // tp
+        self.layers = []
+        for i in range(c.num_layers):
+            self.layers.append(dict(
+                input_norm=a.replicated(f"{i}.input_norm"), post_norm=a.replicated(f"{i}.post_norm"),
+                qkv=a.shard(f"{i}.qkv", tp, rank), o=a.shard(f"{i}.o", tp, rank),
+                qkv_bias=a.shard(f"{i}.qkv_bias", tp, rank) if c.qkv_bias else None,
+                gate_up=a.shard(f"{i}.gate_up", tp, rank), down=a.shard(f"{i}.down", tp, rank)))
+        self.embed = a.replicated("embed")
+        self.norm = a.replicated("norm")
+        self.lm_head = self.embed if c.tie_word_embeddings else a.replicated("lm_head")
+
+    def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp > 1:
+            dist.all_reduce(x, group=self.group)
+        return x
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, want_logits: bool = True) -> torch.Tensor | None:
+        c, m, d = self.config, self.m, self.config.head_dim
+        qf, kvf, inter = self.pad.q_per_shard, self.pad.kv_per_shard, self.pad.inter_per_shard
+        T = batch.input_ids.shape[0]
+        x = self.embed[batch.input_ids]
+        cos, sin = self.rotary.cos_sin(batch.positions, x.dtype)
+        scale = d ** -0.5
+        for i, w in enumerate(self.layers):
+            h = rms_norm(x, w["input_norm"], c.rms_norm_eps)
+            qkv = column_linear(h, w["qkv"], w["qkv_bias"])  # [m, T, (qf + 2 kvf) d]
+            q, k, v = qkv.split([qf * d, kvf * d, kvf * d], dim=-1)
+            q = apply_rotary(q.reshape(m, T, qf, d).transpose(0, 1).reshape(T, m * qf, d), cos, sin)
+            k = apply_rotary(k.reshape(m, T, kvf, d).transpose(0, 1).reshape(T, m * kvf, d), cos, sin)
+            v = v.reshape(m, T, kvf, d).transpose(0, 1).reshape(T, m * kvf, d)
+            cache = self.kv[:, i]
+            write_kv(cache, batch.attention, k, v)
+            attn = paged_attention(cache, batch.attention, q, k, v, scale)
+            attn = attn.view(T, m, qf * d).transpose(0, 1)
+            x = x + self._all_reduce(row_linear(attn, w["o"]))
+            h = rms_norm(x, w["post_norm"], c.rms_norm_eps)
+            gate, up = column_linear(h, w["gate_up"]).split([inter, inter], dim=-1)
+            x = x + self._all_reduce(row_linear(F.silu(gate) * up, w["down"]))
+        if not want_logits:
+            return None
+        h = rms_norm(x[batch.logit_rows], self.norm, c.rms_norm_eps)
+        return (h @ self.lm_head.t()).float()

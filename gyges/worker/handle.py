@@ -1,0 +1,60 @@
+"""The controller's end of a worker: start it, send it commands, wait for answers without hanging."""
+import multiprocessing as mp
+
+from gyges.worker.worker import WorkerSpec, worker_main
+
+
+class WorkerError(RuntimeError):
+    """A worker raised, or died."""
+
+
+class WorkerHandle:
+    def __init__(self, ctx, rank: int, spec: WorkerSpec):
+        self.rank = rank
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker_main, args=(rank, spec, child), daemon=True, name=f"gyges-worker-{rank}")
+        self.proc.start()
+        child.close()
+
+    def send(self, cmd: str, *args):
+        try:
+            self.conn.send((cmd, args))
+        except (BrokenPipeError, OSError) as e:
+            raise WorkerError(f"worker {self.rank} is gone ({e})") from None
+
+    def recv(self, timeout: float | None = None):
+        """The answer to the last command; raises WorkerError if the worker failed or died."""
+        waited = 0.0
+        while not self.conn.poll(1.0):
+            waited += 1.0
+            if not self.proc.is_alive():
+                raise WorkerError(f"worker {self.rank} exited with code {self.proc.exitcode}")
+            if timeout is not None and waited >= timeout:
+                raise WorkerError(f"worker {self.rank} did not answer within {timeout:.0f} s")
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise WorkerError(f"worker {self.rank} closed its channel") from None
+        if status == "error":
+            raise WorkerError(f"worker {self.rank} failed:\n{value}")
+        return value
+
+    def call(self, cmd: str, *args, timeout: float | None = None):
+        self.send(cmd, *args)
+        return self.recv(timeout)
+
+    def stop(self, timeout: float = 5.0):
+        if self.proc.is_alive():
+            try:
+                self.conn.send(("shutdown", ()))
+            except (BrokenPipeError, OSError):
+                pass
+            self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+def spawn_context():
+    return mp.get_context("spawn")

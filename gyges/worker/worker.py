@@ -1,0 +1,120 @@
+"""The process of one device: its arena, its model shard, and a loop over controller commands.
+
+Commands arrive over a pipe as small picklable messages (numpy arrays of ids, never weight or
+KV tensors); collectives between workers go through torch.distributed groups made at start-up.
+"""
+import os
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gyges.engine.batch import StepInput
+from gyges.engine.sampler import sample
+from gyges.memory.arena import Arena
+from gyges.memory.layout import device_layout, head_groups
+from gyges.model.attention import AttentionMeta, PrefillSeq
+from gyges.model.llama import ForwardBatch, LlamaShard
+from gyges.model.loader import iter_weights, load_config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    model_path: str
+    dtype: str
+    device_type: str
+    memory_bytes: int
+    max_tp: int
+    block_tokens: int
+    world_size: int
+    master_port: int
+    threads: int
+    tp: int  # TP degree at start-up; instances are aligned groups of this size
+
+
+def aligned_groups(world_size: int, max_tp: int) -> list[tuple[int, int]]:
+    """(start, size) of every aligned group of two or more devices, in one fixed order."""
+    out, size = [], 2
+    while size <= max_tp:
+        out += [(start, size) for start in range(0, world_size, size)]
+        size *= 2
+    return out
+
+
+class Worker:
+    def __init__(self, rank: int, spec: WorkerSpec):
+        self.rank, self.spec = rank, spec
+        self.device = torch.device(f"cuda:{rank}" if spec.device_type == "cuda" else "cpu")
+        torch.set_num_threads(spec.threads)
+        self.groups = {}
+        if spec.world_size > 1:
+            backend = "nccl" if spec.device_type == "cuda" else "gloo"
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{spec.master_port}", rank=rank,
+                                    world_size=spec.world_size, timeout=timedelta(seconds=300))
+            for start, size in aligned_groups(spec.world_size, spec.max_tp):
+                self.groups[(start, size)] = dist.new_group(list(range(start, start + size)))
+        path = Path(spec.model_path)
+        config = load_config(path)
+        dtype = DTYPES[spec.dtype]
+        layout = device_layout(config, spec.max_tp, spec.block_tokens, dtype.itemsize, spec.memory_bytes)
+        self.arena = Arena(layout, dtype, self.device)
+        weights = {name: t.to(dtype) for name, t in iter_weights(path, config)}
+        tp, local = spec.tp, rank % spec.tp
+        self.arena.load(weights, head_groups(spec.max_tp, tp, local))
+        del weights
+        self.model = LlamaShard(self.arena)
+        self.bind(tp)
+
+    def bind(self, tp: int):
+        start = self.rank - self.rank % tp
+        self.model.bind(tp, self.rank - start, self.groups.get((start, tp)))
+
+    def _tensor(self, a) -> torch.Tensor:
+        return torch.from_numpy(a).to(self.device)
+
+    def step(self, s: StepInput):
+        t = self._tensor
+        meta = AttentionMeta(
+            slot_pages=t(s.slot_pages), slot_offsets=t(s.slot_offsets), decode_rows=t(s.decode_rows),
+            decode_tables=t(s.decode_tables), decode_lens=t(s.decode_lens),
+            prefills=[PrefillSeq(a, b, c, t(tab)) for a, b, c, tab in s.prefills],
+            sliding_window=self.model.config.sliding_window)
+        batch = ForwardBatch(t(s.input_ids), t(s.positions), meta, t(s.logit_rows))
+        driver = self.model.rank == 0
+        logits = self.model.forward(batch, want_logits=driver and len(s.logit_rows) > 0)
+        if not driver:
+            return None
+        if logits is None:
+            return [], None
+        tokens = sample(logits.cpu(), s.samples)
+        return tokens, (logits.cpu().numpy() if s.want_logits else None)
+
+    def info(self) -> dict:
+        lay = self.arena.layout
+        return {"num_pages": lay.num_pages, "page_bytes": lay.page_bytes, "pid": os.getpid()}
+
+
+def worker_main(rank: int, spec: WorkerSpec, conn):
+    try:
+        worker = Worker(rank, spec)
+        conn.send(("ok", worker.info()))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            cmd, args = conn.recv()
+        except EOFError:
+            return
+        if cmd == "shutdown":
+            conn.send(("ok", None))
+            return
+        try:
+            conn.send(("ok", getattr(worker, cmd)(*args)))
+        except BaseException:
+            conn.send(("error", traceback.format_exc()))
