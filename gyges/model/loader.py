@@ -89,7 +89,7 @@ def _iter_gguf(path: Path, config: ModelConfig) -> Iterator[tuple[str, torch.Ten
         name = hf_name_of_gguf(t.name)
         if name is None:
             continue
-        w = torch.from_numpy(np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
+        w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))
         if name.endswith("q_proj.weight") or name.endswith("q_proj.bias"):
             w = unpermute_rope(w, config.num_heads)
         elif name.endswith("k_proj.weight") or name.endswith("k_proj.bias"):
