@@ -8,6 +8,7 @@ from gyges.cluster.cluster import Cluster
 from gyges.cluster.config import ClusterConfig
 from gyges.engine.sequence import SamplingParams
 from gyges.model.loader import default_model_path
+from tests.conftest import make_tiny_model
 from tests.reference import TOLERANCE, check_against_reference
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
@@ -51,3 +52,13 @@ def test_smollm2_padded_matches_transformers(smollm2_reference, tp):
     assert max(len(o.prompt_ids) for o in outs) > 48
     worst = check_against_reference(smollm2_reference, outs)
     print(f"SmolLM2 TP{tp}: max relative logit error {worst:.2e}")
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tiny_llama_with_padded_kv_heads_matches_transformers(tmp_path, tp):
+    """6 query / 3 KV heads padded to 8 / 4: zero heads change nothing."""
+    path = make_tiny_model(tmp_path, "llama", heads=6, kv_heads=3, hidden_size=48)
+    outs, cluster = run(path, 4, tp, TINY_PROMPTS, device_memory="32MiB", block_tokens=4, max_batched_tokens=32)
+    assert cluster.layout.padding.num_kv_heads == 4
+    worst = check_against_reference(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), outs)
+    print(f"tiny padded llama TP{tp}: max relative logit error {worst:.2e}")

@@ -1,0 +1,94 @@
+"""The controller end to end: preemption, sampling, stops, and clear errors with nothing left running."""
+import json
+import multiprocessing as mp
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from gyges.cluster.cluster import Cluster, Output
+from gyges.cluster.config import ClusterConfig
+from gyges.engine.sequence import SamplingParams
+from gyges.memory.layout import device_layout
+from gyges.model.config import ModelConfig, ModelError
+from gyges.worker.handle import WorkerError
+from tests.reference import check_against_reference
+
+
+def no_workers_left():
+    return not [p for p in mp.active_children() if p.name.startswith("gyges-worker")]
+
+
+def test_preemption_under_kv_pressure_still_completes_every_request_correctly(tiny_llama):
+    lay = device_layout(ModelConfig.from_hf(tiny_llama), 1, 4, 4, 1 << 30)
+    memory = (lay.min_pages(1) + 24) * lay.page_bytes  # 24 blocks of 4 tokens for 5 requests of ~30
+    prompts = [[(i * 7 + j * 3) % 500 + 3 for j in range(18 + i)] for i in range(5)]
+    cfg = ClusterConfig(model=str(tiny_llama), dtype="float32", device_memory=memory, block_tokens=4)
+    with Cluster(cfg, record_logits=True) as cluster:
+        seqs = [cluster.add_request(p, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)) for p in prompts]
+        while cluster.has_work:
+            cluster.step()
+        outs = [Output(s.prompt_ids, s.output_ids, "", s.finish_reason, s.error, cluster.logits[s.id]) for s in seqs]
+    assert sum(s.num_preemptions for s in seqs) > 0, "the test must actually preempt"
+    assert all(len(o.token_ids) == 12 and o.finish_reason == "length" for o in outs)
+    check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
+    assert no_workers_left()
+
+
+def test_seeded_sampling_is_reproducible_across_tp_degrees(tiny_llama):
+    params = SamplingParams(max_tokens=12, temperature=0.8, top_p=0.9, top_k=50, seed=1234, ignore_eos=True)
+    prompts = [[5, 6, 7], list(range(3, 40))]
+    runs = []
+    for devices, tp in [(1, 1), (2, 2)]:
+        with Cluster(ClusterConfig(model=str(tiny_llama), devices=devices, tp=tp, dtype="float32",
+                                   device_memory="32MiB", block_tokens=4)) as c:
+            runs.append([o.token_ids for o in c.generate(prompts, params)])
+    assert runs[0] == runs[1]
+
+
+def test_stop_strings_eos_and_streaming(tiny_llama):
+    with Cluster(ClusterConfig(model=str(tiny_llama), dtype="float32", device_memory="32MiB")) as c:
+        free = c.generate([[5, 6, 7]], SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))[0]
+        words = free.text.split()
+        stop = words[3]
+        streamed = []
+        out = c.generate([[5, 6, 7]], SamplingParams(max_tokens=10, temperature=0, stop=[stop], ignore_eos=True),
+                         on_token=lambda s, t: streamed.append(t))[0]
+        assert out.finish_reason == "stop" and stop not in out.text and out.text.strip() == " ".join(words[:3])
+        assert streamed == out.token_ids
+        eos = c.generate([[5, 6, 7]], SamplingParams(max_tokens=10, temperature=0, stop_token_ids=[free.token_ids[2]]))[0]
+        assert eos.token_ids == free.token_ids[:3] and eos.finish_reason == "stop"
+
+
+def test_bad_input_gives_clear_errors_and_leaves_no_workers(tiny_llama, tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        Cluster(ClusterConfig(model=str(tmp_path / "nope")))
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    (gpt2 / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="not supported"):
+        Cluster(ClusterConfig(model=str(gpt2)))
+    with pytest.raises(ValueError, match="does not fit 2 device"):
+        ClusterConfig(model=str(tiny_llama), devices=2, tp=4)
+    with pytest.raises(ModelError, match="needs at least"):
+        Cluster(ClusterConfig(model=str(tiny_llama), device_memory="64KiB"))
+    with Cluster(ClusterConfig(model=str(tiny_llama), dtype="float32", device_memory="32MiB")) as c:
+        with pytest.raises(ValueError, match="context is 1024 tokens"):
+            c.add_request(list(range(3, 1003)), SamplingParams(max_tokens=100))
+        with pytest.raises(ValueError, match="max_tokens"):
+            SamplingParams(max_tokens=0)
+        assert c.generate([[5, 6]], SamplingParams(max_tokens=2))[0].error is None  # still serving
+    assert no_workers_left()
+
+
+def test_a_worker_that_fails_to_load_is_reported_and_nothing_is_left(tiny_llama, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_llama / "config.json").read_text())
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (broken / f).write_text((tiny_llama / f).read_text())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(WorkerError, match="worker 0 failed"):
+        Cluster(ClusterConfig(model=str(broken), devices=2, tp=2, dtype="float32", device_memory="32MiB"))
+    assert no_workers_left()

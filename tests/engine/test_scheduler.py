@@ -1,0 +1,72 @@
+"""Continuous batching decisions, tested without any model."""
+from gyges.engine.kv_pool import DevicePages, KVPool
+from gyges.engine.scheduler import Scheduler
+from gyges.engine.sequence import SamplingParams, Sequence, Status
+
+
+def make(pages=16, tp=1, max_tp=1, budget=8, block=4, max_seqs=8):
+    pool = KVPool([DevicePages(list(range(pages))) for _ in range(tp)], max_tp, block)
+    return Scheduler(pool, max_seqs, budget)
+
+
+def seq(n, max_tokens=4):
+    return Sequence(list(range(3, 3 + n)), SamplingParams(max_tokens=max_tokens))
+
+
+def advance(sched, batch, token=7):
+    """What the controller does after a step: count computed tokens, append a sampled token."""
+    for s, n in zip(batch.seqs, batch.num_tokens):
+        s.num_computed += n
+        if s.num_computed == s.num_tokens:
+            s.output_ids.append(token)
+
+
+def test_long_prompt_is_prefilled_in_chunks_beside_decodes():
+    sched = make(budget=8)
+    short, long = seq(3), seq(20)
+    sched.add(short)
+    advance(sched, sched.schedule())
+    sched.add(long)
+    b = sched.schedule()
+    assert b.seqs == [short, long] and b.num_tokens == [1, 7]
+    advance(sched, b)
+    b = sched.schedule()
+    assert b.num_tokens == [1, 7]
+    advance(sched, b)
+    b = sched.schedule()
+    assert b.num_tokens == [1, 6] and long.num_computed + 6 == long.num_tokens
+
+
+def test_preempts_the_newest_when_pages_run_out_and_requeues_it_first():
+    sched = make(pages=4, budget=16, block=4)
+    a, b = seq(4), seq(4)
+    sched.add(a)
+    sched.add(b)
+    advance(sched, sched.schedule())  # 1 block each
+    advance(sched, sched.schedule())  # decode: 2 blocks each -> pool full
+    assert sched.pool.free_blocks == 0
+    for _ in range(3):
+        advance(sched, sched.schedule())
+    batch = sched.schedule()  # both need a third block: b is preempted, a continues
+    assert batch.preempted == [b] and batch.seqs == [a]
+    assert b.status is Status.WAITING and b.num_computed == 0 and b.pages == [] and sched.waiting[0] is b
+    assert b.output_ids  # generated tokens are kept and recomputed with the prompt
+
+
+def test_request_larger_than_the_instance_fails_with_a_reason():
+    sched = make(pages=2, block=4)
+    big = seq(6, max_tokens=10)
+    sched.add(big)
+    batch = sched.schedule()
+    assert batch.failed == [big] and "KV cache" in big.error and not batch.seqs
+
+
+def test_tp_instance_takes_pages_for_its_head_groups_on_every_device():
+    sched = make(pages=8, tp=2, max_tp=4, block=4)
+    s = seq(5)
+    sched.add(s)
+    sched.schedule()
+    assert len(s.pages) == 4 and all(len(g) == 2 for g in s.pages)  # 4 head groups, 2 blocks
+    assert [len(d.free) for d in sched.pool.devices] == [4, 4]  # each device: 2 groups x 2 blocks
+    sched.finish(s, "stop")
+    assert [len(d.free) for d in sched.pool.devices] == [8, 8]

@@ -1,0 +1,50 @@
+"""Weights in the arena: each rank's shard view holds exactly its heads, with no copy."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gyges.memory.arena import Arena
+from gyges.memory.layout import device_layout
+from gyges.memory.weights import pad_rows
+from gyges.model.config import ModelConfig
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def padded_model(tmp_path_factory):
+    """6 query / 3 KV heads: at max_tp 4 the KV heads pad to 4."""
+    path = make_tiny_model(tmp_path_factory.mktemp("pad"), "llama", heads=6, kv_heads=3, hidden_size=48)
+    return ModelConfig.from_hf(path), load_file(path / "model.safetensors")
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_shard_views_hold_the_right_heads(padded_model, tp):
+    config, weights = padded_model
+    lay = device_layout(config, 4, 4, 4, 8 * 2**20)
+    arena = Arena(lay, torch.float32, torch.device("cpu"))
+    arena.load(weights, range(4))
+    pad, d = lay.padding, config.head_dim
+    q_full = pad_rows(weights["model.layers.1.self_attn.q_proj.weight"], pad.num_heads * d)
+    o_full = pad_rows(weights["model.layers.1.self_attn.o_proj.weight"].t(), pad.num_heads * d)
+    assert pad.num_kv_heads == 4 and pad.num_heads == 8
+    base = arena.pages.data_ptr()
+    for rank in range(tp):
+        qkv, o = arena.shard("1.qkv", tp, rank), arena.shard("1.o", tp, rank)
+        m = 4 // tp
+        assert qkv.shape[0] == m and qkv.data_ptr() >= base  # a view into the arena
+        q_rows = torch.cat([s[:pad.q_per_shard * d] for s in qkv])
+        heads = slice(rank * m * pad.q_per_shard * d, (rank + 1) * m * pad.q_per_shard * d)
+        assert torch.equal(q_rows, q_full[heads])
+        assert torch.equal(torch.cat(list(o)), o_full[heads])
+    # padded heads are zero rows: the fourth KV head's query heads contribute nothing
+    assert torch.count_nonzero(q_full[6 * d:]) == 0
+
+
+def test_kv_view_is_the_arena(padded_model):
+    config, _ = padded_model
+    lay = device_layout(config, 4, 4, 4, 8 * 2**20)
+    arena = Arena(lay, torch.float32, torch.device("cpu"))
+    kv = arena.kv()
+    kv[7, 2, 1, 0, 3] = 5.0
+    assert arena.pages[7].view(lay.unit.shape)[2, 1, 0, 3].eq(5.0).all()
+    assert kv.data_ptr() == arena.pages.data_ptr()
