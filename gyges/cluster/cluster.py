@@ -117,7 +117,19 @@ class Cluster:
     # the loop
 
     def step(self) -> list[tuple[Sequence, int | None]]:
-        """One step of every instance with work; returns (sequence, new token or None when it failed)."""
+        """One step of every instance with work; returns (sequence, new token or None when it failed).
+
+        If a worker fails, every request in the cluster is finished with the error (none is dropped
+        silently), the workers are stopped, and the WorkerError propagates.
+        """
+        try:
+            return self._step()
+        except WorkerError as e:
+            self._fail_all(f"worker failure: {e}")
+            self.shutdown()
+            raise
+
+    def _step(self) -> list[tuple[Sequence, int | None]]:
         launched, events = [], []
         for inst in self.instances:
             batch = inst.scheduler.schedule()
@@ -135,6 +147,13 @@ class Cluster:
             answers = [self.workers[d].recv() for d in inst.devices]
             events += self._apply(inst, batch, *answers[0])
         return events
+
+    def _fail_all(self, reason: str):
+        for inst in self.instances:
+            sched = inst.scheduler
+            for seq in list(sched.running) + list(sched.waiting):
+                seq.error = reason
+                sched.finish(seq, "error")
 
     def _apply(self, inst: Instance, batch: ScheduledBatch, tokens: list[int], logits) -> list:
         events, k = [], 0

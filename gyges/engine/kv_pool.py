@@ -59,6 +59,8 @@ class KVPool:
                 seq.pages[g].extend(dev.take(n))
 
     def release(self, seq: Sequence):
+        if not seq.pages:
+            return
         for r, dev in enumerate(self.devices):
             for g in range(r * self.m, (r + 1) * self.m):
                 dev.give(seq.pages[g])

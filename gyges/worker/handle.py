@@ -25,16 +25,16 @@ class WorkerHandle:
     def recv(self, timeout: float | None = None):
         """The answer to the last command; raises WorkerError if the worker failed or died."""
         waited = 0.0
-        while not self.conn.poll(1.0):
-            waited += 1.0
-            if not self.proc.is_alive():
-                raise WorkerError(f"worker {self.rank} exited with code {self.proc.exitcode}")
-            if timeout is not None and waited >= timeout:
-                raise WorkerError(f"worker {self.rank} did not answer within {timeout:.0f} s")
         try:
+            while not self.conn.poll(1.0):
+                waited += 1.0
+                if not self.proc.is_alive():
+                    raise WorkerError(f"worker {self.rank} exited with code {self.proc.exitcode}")
+                if timeout is not None and waited >= timeout:
+                    raise WorkerError(f"worker {self.rank} did not answer within {timeout:.0f} s")
             status, value = self.conn.recv()
-        except EOFError:
-            raise WorkerError(f"worker {self.rank} closed its channel") from None
+        except (EOFError, OSError) as e:
+            raise WorkerError(f"worker {self.rank} is gone ({type(e).__name__}: {e})") from None
         if status == "error":
             raise WorkerError(f"worker {self.rank} failed:\n{value}")
         return value

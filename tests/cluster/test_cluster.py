@@ -92,3 +92,15 @@ def test_a_worker_that_fails_to_load_is_reported_and_nothing_is_left(tiny_llama,
     with pytest.raises(WorkerError, match="worker 0 failed"):
         Cluster(ClusterConfig(model=str(broken), devices=2, tp=2, dtype="float32", device_memory="32MiB"))
     assert no_workers_left()
+
+
+def test_a_worker_dying_mid_serving_fails_every_request_with_a_reason(tiny_llama):
+    c = Cluster(ClusterConfig(model=str(tiny_llama), devices=2, tp=1, dtype="float32", device_memory="32MiB"))
+    seqs = [c.add_request([5, 6, 7], SamplingParams(max_tokens=50, ignore_eos=True)) for _ in range(4)]
+    c.step()
+    c.workers[1].proc.kill()
+    with pytest.raises(WorkerError, match="worker 1"):
+        while c.has_work:
+            c.step()
+    assert all(s.finished and s.finish_reason == "error" and "worker 1" in s.error for s in seqs)
+    assert no_workers_left()
