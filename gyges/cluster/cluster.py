@@ -15,6 +15,9 @@ from gyges.engine.sequence import SamplingParams, Sequence
 from gyges.memory.layout import DeviceLayout, device_layout, units_per_block
 from gyges.model.config import ModelError
 from gyges.model.loader import load_config, load_tokenizer, resolve_model
+from gyges.transform import coordinator
+from gyges.transform.coordinator import TransformReport
+from gyges.transform.plan import TransformError
 from gyges.worker.handle import WorkerError, WorkerHandle, spawn_context
 from gyges.worker.worker import DTYPES, WorkerSpec
 
@@ -86,9 +89,11 @@ class Cluster:
         self.instances = [self._make_instance(list(range(s, s + cfg.tp))) for s in range(0, cfg.devices, cfg.tp)]
         self.logits: dict[int, list[np.ndarray]] = {}
 
-    def _make_instance(self, devices: list[int]) -> Instance:
+    def _make_instance(self, devices: list[int], free: dict[int, list[int]] | None = None) -> Instance:
+        """An instance on `devices` (rank order); `free`: each device's free KV pages (default: all)."""
         tp = len(devices)
-        pages = [DevicePages(self.layout.free_pages(tp, r)) for r in range(tp)]
+        pages = [DevicePages(self.layout.free_pages(tp, r) if free is None else free[d],
+                             len(self.layout.free_pages(tp, r))) for r, d in enumerate(devices)]
         pool = KVPool(pages, self.cfg.max_tp, self.cfg.block_tokens)
         return Instance(devices, Scheduler(pool, self.cfg.max_num_seqs, self.cfg.max_batched_tokens))
 
@@ -202,6 +207,35 @@ class Cluster:
         bar.close()
         return [Output(s.prompt_ids, s.output_ids, self.text_of(s) if not s.error else "", s.finish_reason,
                        s.error, self.logits.pop(s.id, [])) for s in seqs]
+
+    # transformation
+
+    def instance_of(self, device: int) -> Instance:
+        return next(i for i in self.instances if device in i.devices)
+
+    def merge(self, devices: list[int]) -> TransformReport:
+        """Merge the instances that together hold exactly `devices` into one; requests keep running."""
+        insts = []
+        for d in sorted(devices):
+            inst = self.instance_of(d)
+            if inst not in insts:
+                insts.append(inst)
+        if sorted(d for i in insts for d in i.devices) != sorted(devices):
+            raise TransformError(f"devices {sorted(devices)} do not cover whole instances "
+                                 f"({[i.devices for i in insts]})")
+        return self._guarded(coordinator.merge, insts)
+
+    def split(self, device: int, parts: int = 2) -> TransformReport:
+        """Split the instance holding `device` into `parts` instances; each request goes to one."""
+        return self._guarded(coordinator.split, self.instance_of(device), parts)
+
+    def _guarded(self, fn, *args):
+        try:
+            return fn(self, *args)
+        except WorkerError as e:
+            self._fail_all(f"worker failure during a transformation: {e}")
+            self.shutdown()
+            raise
 
     def shutdown(self):
         for w in getattr(self, "workers", []):

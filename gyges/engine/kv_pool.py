@@ -10,9 +10,10 @@ from gyges.memory.layout import units_per_block
 class DevicePages:
     """The free KV pages of one device."""
 
-    def __init__(self, pages: list[int]):
+    def __init__(self, pages: list[int], capacity: int | None = None):
+        """`capacity`: KV pages the device has with nothing running (default: all of `pages`)."""
         self.free = list(reversed(pages))
-        self.capacity = len(pages)
+        self.capacity = len(pages) if capacity is None else capacity
 
     def take(self, n: int) -> list[int]:
         if n > len(self.free):

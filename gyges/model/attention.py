@@ -57,19 +57,29 @@ def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -
     return mask
 
 
+def _decode(cache: torch.Tensor, meta: AttentionMeta, q: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query per sequence, batched; the query heads of a KV head attend as one matrix.
+
+    Written out rather than through SDPA: for one query row, two matmuls and a softmax in fp32 beat
+    the fused CPU kernel with a mask (benchmarks/attention.py).
+    """
+    k = _gather(cache, meta.decode_tables, 0)  # [nd, Hkv, S, d]
+    v = _gather(cache, meta.decode_tables, 1)
+    nd, hkv, S, d = k.shape
+    pos = torch.arange(S, device=q.device)
+    mask = _window_mask((meta.decode_lens - 1)[:, None], pos[None, :], meta.sliding_window)
+    scores = torch.matmul(q.view(nd, hkv, -1, d), k.transpose(-1, -2)).float() * scale  # [nd, Hkv, g, S]
+    scores.masked_fill_(~mask[:, None, None, :], float("-inf"))
+    return torch.matmul(scores.softmax(-1).to(v.dtype), v).view(nd, -1, d)
+
+
 def paged_attention(cache: torch.Tensor, meta: AttentionMeta, q: torch.Tensor, k: torch.Tensor,
                     v: torch.Tensor, scale: float) -> torch.Tensor:
     """q: [T, Hq, d]; k, v: this step's [T, Hkv, d] (already written to the cache). Returns [T, Hq * d]."""
     T, hq, d = q.shape
     out = torch.empty_like(q)
     if len(meta.decode_rows):
-        qd = q[meta.decode_rows].unsqueeze(2)  # [nd, Hq, 1, d]
-        kd = _gather(cache, meta.decode_tables, 0)
-        vd = _gather(cache, meta.decode_tables, 1)
-        pos = torch.arange(kd.shape[2], device=q.device)
-        mask = _window_mask((meta.decode_lens - 1)[:, None], pos[None, :], meta.sliding_window)
-        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True)
-        out[meta.decode_rows] = o.squeeze(2)
+        out[meta.decode_rows] = _decode(cache, meta, q[meta.decode_rows], scale)
     for p in meta.prefills:
         qp = q[p.start:p.start + p.q_len].transpose(0, 1)  # [Hq, q_len, d]
         if p.ctx_len == p.q_len and meta.sliding_window is None:

@@ -4,6 +4,7 @@ Commands arrive over a pipe as small picklable messages (numpy arrays of ids, ne
 KV tensors); collectives between workers go through torch.distributed groups made at start-up.
 """
 import os
+import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +20,7 @@ from gyges.memory.layout import device_layout, head_groups
 from gyges.model.attention import AttentionMeta, PrefillSeq
 from gyges.model.llama import ForwardBatch, LlamaShard
 from gyges.model.loader import iter_weights, load_config
+from gyges.transform.execute import run_moves
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,11 +70,22 @@ class Worker:
         self.arena.load(weights, head_groups(spec.max_tp, tp, local))
         del weights
         self.model = LlamaShard(self.arena)
-        self.bind(tp)
+        self.bind(tp, local, rank - local)
 
-    def bind(self, tp: int):
-        start = self.rank - self.rank % tp
-        self.model.bind(tp, self.rank - start, self.groups.get((start, tp)))
+    def bind(self, tp: int, rank: int, group_start: int):
+        """Serve as rank `rank` of the TP-`tp` instance on the aligned group starting at `group_start`."""
+        self.model.bind(tp, rank, self.groups.get((group_start, tp)))
+
+    def transform(self, kv_moves: list, weight_moves: list, tp: int, rank: int, group_start: int) -> dict:
+        """This device's part of a merge or split: KV units first (they vacate pages the weights
+        need), then weight slabs, then serve at the new degree."""
+        t0 = time.perf_counter()
+        kv_sent = run_moves(self.arena.pages, self.rank, kv_moves)
+        t1 = time.perf_counter()
+        weight_sent = run_moves(self.arena.pages, self.rank, weight_moves)
+        t2 = time.perf_counter()
+        self.bind(tp, rank, group_start)
+        return {"kv_bytes_sent": kv_sent, "kv_s": t1 - t0, "weight_bytes_sent": weight_sent, "weight_s": t2 - t1}
 
     def _tensor(self, a) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device)
