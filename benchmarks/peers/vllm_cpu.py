@@ -134,7 +134,7 @@ def measure(model_dir: str, batch_sizes: list[int], new_tokens: int, prompt_toke
         env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=bind, VLLM_CPU_KVCACHE_SPACE=str(KVCACHE_GIB),
                    HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
         # vLLM's docs ask for Intel OpenMP on x86 (vllm-cpu ships it); it beat
-        # torch's libgomp here, e.g. ~850 vs ~770 tok/s at batch 32.
+        # torch's libgomp here, e.g. ~410 vs ~300 tok/s at batch 8 (eager).
         iomp = os.path.join(venv, "lib", "libiomp5.so")
         runtime = "libgomp"
         if os.path.exists(iomp):

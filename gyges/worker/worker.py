@@ -21,6 +21,7 @@ from gyges.model.attention import AttentionMeta, PrefillSeq
 from gyges.model.llama import ForwardBatch, LlamaShard
 from gyges.model.loader import iter_weights, load_config
 from gyges.transform.execute import run_moves
+from gyges.worker.rss import peak_rss, reset_peak_rss
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -79,13 +80,16 @@ class Worker:
     def transform(self, kv_moves: list, weight_moves: list, tp: int, rank: int, group_start: int) -> dict:
         """This device's part of a merge or split: KV units first (they vacate pages the weights
         need), then weight slabs, then serve at the new degree."""
+        rss_before = reset_peak_rss()
         t0 = time.perf_counter()
         kv_sent = run_moves(self.arena.pages, self.rank, kv_moves)
         t1 = time.perf_counter()
         weight_sent = run_moves(self.arena.pages, self.rank, weight_moves)
         t2 = time.perf_counter()
         self.bind(tp, rank, group_start)
-        return {"kv_bytes_sent": kv_sent, "kv_s": t1 - t0, "weight_bytes_sent": weight_sent, "weight_s": t2 - t1}
+        peak = peak_rss()
+        return {"kv_bytes_sent": kv_sent, "kv_s": t1 - t0, "weight_bytes_sent": weight_sent, "weight_s": t2 - t1,
+                "peak_extra_bytes": None if rss_before is None or peak is None else max(0, peak - rss_before)}
 
     def _tensor(self, a) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device)

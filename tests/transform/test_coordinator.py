@@ -1,0 +1,89 @@
+"""Merge and split on a live cluster: requests keep decoding and match an untransformed run."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from gyges.cluster.cluster import Cluster, Output
+from gyges.cluster.config import ClusterConfig
+from gyges.engine.sequence import SamplingParams
+from gyges.memory.layout import device_layout
+from gyges.model.config import ModelConfig
+from gyges.transform.plan import TransformError
+from tests.reference import check_against_reference
+
+# process overhead a transformation may add outside the arena (gloo's first connection, Python objects)
+RSS_SLACK = 1 << 20
+
+
+def outputs(cluster, seqs):
+    return [Output(s.prompt_ids, s.output_ids, "", s.finish_reason, s.error, cluster.logits.get(s.id, [])) for s in seqs]
+
+
+def test_merge_to_tp2_and_tp4_then_split_back_while_requests_decode(tiny_llama):
+    prompts = [[(i * 13 + j * 7) % 500 + 3 for j in range(5 + i * 9)] for i in range(8)]  # 5 to 68 tokens
+    cfg = ClusterConfig(model=str(tiny_llama), devices=4, tp=1, max_tp=4, dtype="float32", device_memory="32MiB",
+                        block_tokens=4, max_batched_tokens=32)
+    schedule = {3: ("merge", [0, 1]), 6: ("merge", [2, 3]), 9: ("merge", [0, 1, 2, 3]),
+                13: ("split", 0), 17: ("split", 0), 20: ("split", 2)}
+    shapes = []
+    with Cluster(cfg, record_logits=True) as c:
+        seqs = [c.add_request(p, SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)) for p in prompts]
+        step = 0
+        while c.has_work:
+            c.step()
+            step += 1
+            if step in schedule:
+                kind, arg = schedule[step]
+                running = sum(len(i.scheduler.running) for i in c.instances)
+                report = c.merge(arg) if kind == "merge" else c.split(arg)
+                assert sum(len(i.scheduler.running) for i in c.instances) == running  # nobody dropped
+                assert report.kv_units_moved > 0
+                for d, st in report.worker_stats.items():
+                    assert st["peak_extra_bytes"] is None or st["peak_extra_bytes"] <= RSS_SLACK, (d, st)
+                shapes.append(sorted(i.tp for i in c.instances))
+        outs = outputs(c, seqs)
+    assert shapes == [[1, 1, 2], [2, 2], [4], [2, 2], [1, 1, 2], [1, 1, 1, 1]]
+    assert all(len(o.token_ids) == 30 for o in outs)
+    worst = check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
+    print(f"through merge/split: max relative logit error {worst:.2e}")
+
+
+def test_a_request_too_long_for_tp1_fits_after_a_merge_in_the_freed_weight_pages(tiny_llama):
+    lay = device_layout(ModelConfig.from_hf(tiny_llama), 2, 4, 4, 1 << 30)
+    memory = (lay.min_pages(1) + 2 * 60) * lay.page_bytes  # TP1: 60 blocks of 4 tokens, 2 units each
+    cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=1, max_tp=2, dtype="float32", device_memory=memory,
+                        block_tokens=4)
+    with Cluster(cfg, record_logits=True) as c:
+        lay = c.layout
+        tp1_blocks = c.instances[0].scheduler.pool.total_blocks
+        assert tp1_blocks == 60
+        long = [(j * 11) % 500 + 3 for j in range((tp1_blocks + 4) * 4)]
+        params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+        failed = c.generate([long], params)[0]
+        assert failed.error and "KV cache" in failed.error
+        c.merge([0, 1])
+        pool = c.instances[0].scheduler.pool
+        # each device gave up one of its two slabs: those pages are now KV pages, one unit a block
+        assert pool.total_blocks == lay.num_pages - lay.replicated_pages - lay.slab_pages
+        assert pool.total_blocks == 2 * 60 + lay.slab_pages
+        out = c.generate([long], params)[0]
+    assert out.error is None and len(out.token_ids) == 8
+    check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), [out])
+
+
+def test_split_that_cannot_fit_is_refused_and_nothing_changes(tiny_llama):
+    lay = device_layout(ModelConfig.from_hf(tiny_llama), 2, 4, 4, 1 << 30)
+    memory = (lay.min_pages(1) + 2 * 40) * lay.page_bytes  # at TP2 each device holds one slab less
+    cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=2, dtype="float32", device_memory=memory, block_tokens=4)
+    with Cluster(cfg) as c:
+        lay = c.layout
+        seq = c.add_request([(j * 11) % 500 + 3 for j in range(50 * 4)],  # 50 blocks; TP1 holds 40
+                            SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+        c.step()
+        pages_before = [list(g) for g in seq.pages]
+        with pytest.raises(TransformError, match="split refused"):
+            c.split(0)
+        assert [i.devices for i in c.instances] == [[0, 1]] and seq.pages == pages_before
+        while c.has_work:
+            c.step()
+        assert len(seq.output_ids) == 4 and lay.max_tp == 2
