@@ -43,7 +43,8 @@ def write_kv(cache: torch.Tensor, meta: AttentionMeta, k: torch.Tensor, v: torch
 
 def _gather(cache: torch.Tensor, table: torch.Tensor, which: int) -> torch.Tensor:
     """[..., m, blocks] page table -> [..., m * heads, blocks * block_tokens, head_dim]."""
-    g = cache[:, which][table]  # [..., m, blocks, heads, B, d]
+    pages = cache[:, which]  # [P, heads, B, d], pages strided by the whole unit
+    g = pages.flatten(1).index_select(0, table.flatten()).view(*table.shape, *pages.shape[1:])
     *lead, m, nb, h, b, d = g.shape
     if h == 1:
         return g.view(*lead, m, nb * b, d)

@@ -75,7 +75,7 @@ class LlamaShard:
         c, m, d = self.config, self.m, self.config.head_dim
         qf, kvf, inter = self.pad.q_per_shard, self.pad.kv_per_shard, self.pad.inter_per_shard
         T = batch.input_ids.shape[0]
-        x = self.embed[batch.input_ids]
+        x = self.embed.index_select(0, batch.input_ids)
         cos, sin = self.rotary.cos_sin(batch.positions, x.dtype)
         scale = d ** -0.5
         for i, w in enumerate(self.layers):
