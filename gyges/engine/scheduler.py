@@ -90,6 +90,12 @@ class Scheduler:
             budget -= n
         return batch
 
+    def requeue_all(self):
+        """Drop every running request's KV and queue it for recompute (how a restart resumes)."""
+        batch = ScheduledBatch()
+        for seq in reversed(list(self.running)):
+            self._preempt(seq, batch)
+
     def finish(self, seq: Sequence, reason: str):
         seq.status = Status.FINISHED
         seq.finish_reason = reason

@@ -19,9 +19,15 @@ class ForwardBatch:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
+    """HF's order: normalize in fp32, cast back, then scale."""
+    return weight * F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+
+
+def heads_major(x: torch.Tensor) -> torch.Tensor:
+    """[m, T, heads, d] (one block per finest shard) -> [T, m * heads, d]; a view when m == 1."""
+    if x.shape[0] == 1:
+        return x[0]
+    return x.transpose(0, 1).reshape(x.shape[1], -1, x.shape[3])
 
 
 def column_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,11 +86,9 @@ class LlamaShard:
         scale = d ** -0.5
         for i, w in enumerate(self.layers):
             h = rms_norm(x, w["input_norm"], c.rms_norm_eps)
-            qkv = column_linear(h, w["qkv"], w["qkv_bias"])  # [m, T, (qf + 2 kvf) d]
-            q, k, v = qkv.split([qf * d, kvf * d, kvf * d], dim=-1)
-            q = apply_rotary(q.reshape(m, T, qf, d).transpose(0, 1).reshape(T, m * qf, d), cos, sin)
-            k = apply_rotary(k.reshape(m, T, kvf, d).transpose(0, 1).reshape(T, m * kvf, d), cos, sin)
-            v = v.reshape(m, T, kvf, d).transpose(0, 1).reshape(T, m * kvf, d)
+            qkv = column_linear(h, w["qkv"], w["qkv_bias"]).view(m, T, qf + 2 * kvf, d)
+            qk = apply_rotary(qkv[:, :, :qf + kvf], cos, sin)
+            q, k, v = heads_major(qk[:, :, :qf]), heads_major(qk[:, :, qf:]), heads_major(qkv[:, :, qf + kvf:])
             cache = self.kv[:, i]
             write_kv(cache, batch.attention, k, v)
             attn = paged_attention(cache, batch.attention, q, k, v, scale)

@@ -16,6 +16,7 @@ class TransformReport:
     kv_bytes: int
     weight_bytes: int
     worker_stats: dict[int, dict] = field(default_factory=dict)
+    plan: TransformPlan | None = None
 
 
 def _snapshot(instances) -> tuple[list[SeqKV], dict[int, list[int]]]:
@@ -51,7 +52,7 @@ def _execute(cluster, kind: str, old, plan: TransformPlan) -> TransformReport:
     page = cluster.layout.page_bytes
     return TransformReport(kind, [i.devices for i in old], plan.instances, time.perf_counter() - t0,
                            plan.kv_units_moved, plan.kv_units_moved * page,
-                           sum(mv.count for mv in plan.weight_moves) * page, stats)
+                           sum(mv.count for mv in plan.weight_moves) * page, stats, plan)
 
 
 def merge(cluster, instances) -> TransformReport:

@@ -111,6 +111,10 @@ class Worker:
         tokens = sample(logits.cpu(), s.samples)
         return tokens, (logits.cpu().numpy() if s.want_logits else None)
 
+    def invoke(self, fn, *args):
+        """Run a module-level `fn(worker, *args)` here: how benchmarks measure alternatives in place."""
+        return fn(self, *args)
+
     def info(self) -> dict:
         lay = self.arena.layout
         return {"num_pages": lay.num_pages, "page_bytes": lay.page_bytes, "pid": os.getpid()}

@@ -1,0 +1,95 @@
+"""Worker-side measurements for the transformation benchmark: the machine's transfer limits for
+the same bytes a plan moves, the same KV moved in a vLLM-style token-major layout, and reloading
+weights from disk (the drain-and-restart baseline)."""
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gyges.memory.layout import head_groups
+from gyges.model.loader import iter_weights, load_config
+
+
+def _pair_bytes(moves, page_bytes: int) -> dict[tuple[int, int], int]:
+    out = {}
+    for _, mv in moves:
+        if mv.src != mv.dst:
+            out[(mv.src, mv.dst)] = out.get((mv.src, mv.dst), 0) + mv.count * page_bytes
+    return out
+
+
+def send_recv_limit(worker, moves) -> float:
+    """Seconds to send, as one contiguous buffer per peer, the bytes `moves` send between devices."""
+    pairs = _pair_bytes(moves, worker.arena.layout.page_bytes)
+    me = worker.rank
+    bufs = {k: torch.empty(n, dtype=torch.uint8) for k, n in pairs.items() if me in k}
+    dist.barrier()
+    t = time.perf_counter()
+    ops = [dist.P2POp(dist.isend if src == me else dist.irecv, buf, dst if src == me else src)
+           for (src, dst), buf in bufs.items()]
+    for req in (dist.batch_isend_irecv(ops) if ops else []):
+        req.wait()
+    return time.perf_counter() - t
+
+
+def all_to_all_limit(worker, moves, devices: list[int]) -> float:
+    """Seconds for all_to_all_single over `devices` moving the same bytes per pair."""
+    pairs = _pair_bytes(moves, worker.arena.layout.page_bytes)
+    me = worker.rank
+    out_sizes = [pairs.get((me, d), 0) for d in devices]
+    in_sizes = [pairs.get((d, me), 0) for d in devices]
+    send, recv = torch.empty(sum(out_sizes), dtype=torch.uint8), torch.empty(sum(in_sizes), dtype=torch.uint8)
+    group = worker.groups[(min(devices), len(devices))]
+    dist.barrier()
+    t = time.perf_counter()
+    dist.all_to_all_single(recv, send, in_sizes, out_sizes, group=group)
+    return time.perf_counter() - t
+
+
+def memcpy_limit(worker, nbytes: int) -> float:
+    src, dst = torch.empty(nbytes, dtype=torch.uint8), torch.empty(nbytes, dtype=torch.uint8)
+    t = time.perf_counter()
+    dst.copy_(src)
+    return time.perf_counter() - t
+
+
+def token_major_move(worker, moves) -> float:
+    """The same units moved in vLLM's layout: per layer [blocks, block_tokens, heads, head_dim], so a
+    head group of a block is strided; gather it into a buffer, send, scatter at the receiver."""
+    lay = worker.arena.layout
+    u = lay.unit
+    me, max_tp = worker.rank, lay.max_tp
+    mine = [(i, mv) for i, (_, mv) in enumerate(moves) if mv.src != mv.dst and me in (mv.src, mv.dst)]
+    blocks = sum(mv.count for _, mv in mine) or 1  # this device's blocks, numbered in plan order
+    cache = torch.zeros(u.num_layers, 2, blocks, u.block_tokens, u.heads * max_tp, u.head_dim,
+                        dtype=worker.arena.pages.dtype)
+    ops, scatters, at = [], [], 0
+    dist.barrier()
+    t = time.perf_counter()
+    for i, mv in mine:
+        g = i % max_tp  # which head group does not change the cost
+        hs = slice(g * u.heads, (g + 1) * u.heads)
+        if mv.src == me:
+            buf = cache[:, :, at:at + mv.count, :, hs].contiguous()
+            ops.append(dist.P2POp(dist.isend, buf, mv.dst, tag=i))
+        else:
+            buf = torch.empty(u.num_layers, 2, mv.count, u.block_tokens, u.heads, u.head_dim, dtype=cache.dtype)
+            ops.append(dist.P2POp(dist.irecv, buf, mv.src, tag=i))
+            scatters.append((buf, at, mv.count, hs))
+        at += mv.count
+    for req in (dist.batch_isend_irecv(ops) if ops else []):
+        req.wait()
+    for buf, at, count, hs in scatters:
+        cache[:, :, at:at + count, :, hs] = buf
+    return time.perf_counter() - t
+
+
+def reload_from_disk(worker, tp: int, rank: int) -> float:
+    """Seconds to read the model from disk and lay this rank's shard into the arena."""
+    t = time.perf_counter()
+    path = Path(worker.spec.model_path)
+    config = load_config(path)
+    weights = {n: w.to(worker.arena.pages.dtype) for n, w in iter_weights(path, config)}
+    worker.arena.load(weights, head_groups(worker.arena.layout.max_tp, tp, rank))
+    return time.perf_counter() - t
