@@ -17,7 +17,7 @@ from gyges.model.config import ModelError
 from gyges.model.loader import load_config, load_tokenizer, resolve_model
 from gyges.transform import coordinator
 from gyges.transform.coordinator import TransformReport
-from gyges.transform.plan import TransformError
+from gyges.transform.plan import TransformError, kv_page_order
 from gyges.worker.handle import WorkerError, WorkerHandle, spawn_context
 from gyges.worker.worker import DTYPES, WorkerSpec
 
@@ -88,11 +88,13 @@ class Cluster:
             raise
         self.instances = [self._make_instance(list(range(s, s + cfg.tp))) for s in range(0, cfg.devices, cfg.tp)]
         self.logits: dict[int, list[np.ndarray]] = {}
+        self.transition: coordinator.Transition | None = None
+        self.reports: list[TransformReport] = []
 
     def _make_instance(self, devices: list[int], free: dict[int, list[int]] | None = None) -> Instance:
         """An instance on `devices` (rank order); `free`: each device's free KV pages (default: all)."""
         tp = len(devices)
-        pages = [DevicePages(self.layout.free_pages(tp, r) if free is None else free[d],
+        pages = [DevicePages(kv_page_order(self.layout, self.layout.free_pages(tp, r) if free is None else free[d]),
                              len(self.layout.free_pages(tp, r))) for r, d in enumerate(devices)]
         pool = KVPool(pages, self.cfg.max_tp, self.cfg.block_tokens)
         return Instance(devices, Scheduler(pool, self.cfg.max_num_seqs, self.cfg.max_batched_tokens))
@@ -117,7 +119,7 @@ class Cluster:
 
     @property
     def has_work(self) -> bool:
-        return any(i.scheduler.has_work for i in self.instances)
+        return self.transition is not None or any(i.scheduler.has_work for i in self.instances)
 
     # the loop
 
@@ -135,6 +137,10 @@ class Cluster:
             raise
 
     def _step(self) -> list[tuple[Sequence, int | None]]:
+        tr = self.transition
+        if tr is not None and tr.done:
+            self.transition = None
+            self.reports.append(tr.switch())
         launched, events = [], []
         for inst in self.instances:
             batch = inst.scheduler.schedule()
@@ -151,6 +157,8 @@ class Cluster:
         for inst, batch in launched:
             answers = [self.workers[d].recv() for d in inst.devices]
             events += self._apply(inst, batch, *answers[0])
+        if self.transition is not None and not self.transition.done:
+            self.transition.advance()
         return events
 
     def _fail_all(self, reason: str):
@@ -213,8 +221,13 @@ class Cluster:
     def instance_of(self, device: int) -> Instance:
         return next(i for i in self.instances if device in i.devices)
 
-    def merge(self, devices: list[int]) -> TransformReport:
-        """Merge the instances that together hold exactly `devices` into one; requests keep running."""
+    def merge(self, devices: list[int], precopy: bool = False) -> TransformReport | coordinator.Transition:
+        """Merge the instances that together hold exactly `devices` into one; requests keep running.
+
+        With `precopy`, returns the pending Transition: following steps pre-copy KV while decoding,
+        and the switch happens at the start of the step after the last chunk (see `reports`).
+        """
+        self._no_pending_transition()
         insts = []
         for d in sorted(devices):
             inst = self.instance_of(d)
@@ -223,11 +236,24 @@ class Cluster:
         if sorted(d for i in insts for d in i.devices) != sorted(devices):
             raise TransformError(f"devices {sorted(devices)} do not cover whole instances "
                                  f"({[i.devices for i in insts]})")
+        if precopy:
+            return self._begin(coordinator.Transition, "merge", insts)
         return self._guarded(coordinator.merge, insts)
 
-    def split(self, device: int, parts: int = 2) -> TransformReport:
+    def split(self, device: int, parts: int = 2, precopy: bool = False) -> TransformReport | coordinator.Transition:
         """Split the instance holding `device` into `parts` instances; each request goes to one."""
+        self._no_pending_transition()
+        if precopy:
+            return self._begin(coordinator.Transition, "split", [self.instance_of(device)], parts)
         return self._guarded(coordinator.split, self.instance_of(device), parts)
+
+    def _no_pending_transition(self):
+        if self.transition is not None:
+            raise TransformError("a transformation is already in progress; let it finish first")
+
+    def _begin(self, cls, *args) -> coordinator.Transition:
+        self.transition = self._guarded(cls, *args)
+        return self.transition
 
     def _guarded(self, fn, *args):
         try:

@@ -112,6 +112,10 @@ def iter_weights(path: Path, config: ModelConfig) -> Iterator[tuple[str, torch.T
 
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
-    if path.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoTokenizer.from_pretrained(path)
+    try:
+        if path.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a tokenizer from {path} (it needs tokenizer.json or tokenizer_config.json "
+                         f"with its files): {str(e).splitlines()[0]}") from None

@@ -64,11 +64,18 @@ def coalesce(moves: list[Move]) -> list[Move]:
     return out
 
 
-class _Pools:
-    """Destination pages per device, taken lowest first so runs coalesce."""
+def kv_page_order(layout: DeviceLayout, pages) -> list[int]:
+    """Pages in the order KV should take them: outside the weight slabs first (a later split needs
+    those back, and a merge's freed slabs cannot be pre-copied into), lowest first so runs coalesce."""
+    weights = range(layout.replicated_pages, layout.min_pages(1))
+    return sorted(pages, key=lambda p: (p in weights, p))
 
-    def __init__(self, pages: dict[int, set[int]]):
-        self.pages = {d: sorted(p) for d, p in pages.items()}
+
+class _Pools:
+    """Destination pages per device, in `kv_page_order`."""
+
+    def __init__(self, layout: DeviceLayout, pages: dict[int, set[int]]):
+        self.pages = {d: kv_page_order(layout, p) for d, p in pages.items()}
         self.pos = {d: 0 for d in pages}
 
     def take(self, device: int) -> int:
@@ -82,9 +89,15 @@ class _Pools:
         return self.pages[device][self.pos[device]:]
 
 
+Placed = dict[tuple[int, int, int], tuple[int, int]]  # (seq, group, block) -> (source page, destination page)
+
+
 def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq_instance: dict[int, int],
-              max_tp: int, pools: _Pools, pinned: dict[int, set[int]]):
-    """Move every unit whose head group changes device, or whose page the new weights need."""
+              max_tp: int, pools: _Pools, pinned: dict[int, set[int]], placed: Placed):
+    """Move every unit whose head group changes device, or whose page the new weights need.
+
+    A unit in `placed` was pre-copied from that same source page: it is already in place.
+    """
     moves, seq_pages, freed = [], {}, {d: [] for d in pools.pages}
     for s in seqs:
         src_devs, dst_devs = old[s.instance], new[seq_instance[s.seq_id]]
@@ -92,9 +105,14 @@ def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq
         for g, blocks in enumerate(s.pages):
             src, dst = owner_of(src_devs, max_tp, g), owner_of(dst_devs, max_tp, g)
             row = []
-            for p in blocks:
+            for b, p in enumerate(blocks):
                 if src == dst and p not in pinned.get(src, ()):
                     row.append(p)
+                    continue
+                pre = placed.get((s.seq_id, g, b))
+                if pre is not None and pre[0] == p:
+                    freed[src].append(p)
+                    row.append(pre[1])
                     continue
                 q = pools.take(dst)
                 moves.append(Move(src, dst, p, q))
@@ -106,7 +124,7 @@ def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq
 
 
 def plan_merge(layout: DeviceLayout, instances: list[list[int]], seqs: list[SeqKV],
-               free: dict[int, list[int]]) -> TransformPlan:
+               free: dict[int, list[int]], placed: Placed | None = None) -> TransformPlan:
     """k aligned instances of TP t (devices in rank order) become one instance of TP k*t."""
     k, t, max_tp = len(instances), len(instances[0]), layout.max_tp
     devices = sorted(d for inst in instances for d in inst)
@@ -127,15 +145,19 @@ def plan_merge(layout: DeviceLayout, instances: list[list[int]], seqs: list[SeqK
         assert set(kept) <= set(layout.weight_pages(len(old_inst), old_inst.index(d)))
         pools_init[d] = set(free[d]) | set(released)
     seq_instance = {s.seq_id: 0 for s in seqs}
-    pools = _Pools(pools_init)
-    moves, seq_pages, freed = _relocate(seqs, instances, [merged], seq_instance, max_tp, pools, {})
+    pools = _Pools(layout, pools_init)
+    moves, seq_pages, freed = _relocate(seqs, instances, [merged], seq_instance, max_tp, pools, {}, placed or {})
     return TransformPlan([merged], seq_instance, seq_pages, coalesce(moves), [],
                          {d: pools.left(d) + freed[d] for d in devices}, len(moves))
 
 
 def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqKV],
-               free: dict[int, list[int]]) -> TransformPlan:
-    """One instance of TP T (devices in rank order) becomes k instances of TP T/k."""
+               free: dict[int, list[int]], placed: Placed | None = None,
+               fetched: set[tuple[int, int]] = frozenset()) -> TransformPlan:
+    """One instance of TP T (devices in rank order) becomes k instances of TP T/k.
+
+    `fetched`: (device, slab) weight copies already done during pre-copy.
+    """
     T, max_tp = len(devices), layout.max_tp
     if k < 2 or k & (k - 1) or T % k:
         raise TransformError(f"cannot split a TP {T} instance into {k} parts")
@@ -161,7 +183,7 @@ def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqK
             need = groups_of(part, max_tp, d)
             pinned[d] = set(layout.weight_pages(len(part), part.index(d)))
             for g in need:
-                if g not in have:
+                if g not in have and (d, g) not in fetched:
                     src = owner_of(devices, max_tp, g)
                     pages = layout.slab_pages_of(g)
                     weight_moves.append(Move(src, d, pages.start, pages.start, len(pages)))
@@ -177,8 +199,8 @@ def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqK
         need = sum(len(s.pages[0]) for s in seqs)
         raise TransformError(f"split refused: the running requests need {need} KV blocks and the "
                              f"{k} resulting instances cannot hold them once the full weights are back")
-    pools = _Pools({d: set(free[d]) - pinned[d] for d in devices})
-    moves, seq_pages, freed = _relocate(seqs, [devices], parts, seq_instance, max_tp, pools, pinned)
+    pools = _Pools(layout, {d: set(free[d]) - pinned[d] for d in devices})
+    moves, seq_pages, freed = _relocate(seqs, [devices], parts, seq_instance, max_tp, pools, pinned, placed or {})
     free_after = {}
     for part in parts:
         for d in part:

@@ -111,6 +111,10 @@ class Worker:
         tokens = sample(logits.cpu(), s.samples)
         return tokens, (logits.cpu().numpy() if s.want_logits else None)
 
+    def copy_pages(self, moves: list) -> int:
+        """Pre-copy: move page runs while still serving at the current degree."""
+        return run_moves(self.arena.pages, self.rank, moves)
+
     def invoke(self, fn, *args):
         """Run a module-level `fn(worker, *args)` here: how benchmarks measure alternatives in place."""
         return fn(self, *args)

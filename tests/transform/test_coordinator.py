@@ -87,3 +87,33 @@ def test_split_that_cannot_fit_is_refused_and_nothing_changes(tiny_llama):
         while c.has_work:
             c.step()
         assert len(seq.output_ids) == 4 and lay.max_tp == 2
+
+
+def test_precopy_moves_full_blocks_while_decoding_and_the_switch_moves_the_rest(tiny_llama):
+    prompts = [[(i * 13 + j * 7) % 500 + 3 for j in range(20 + i * 9)] for i in range(8)]
+    cfg = ClusterConfig(model=str(tiny_llama), devices=4, tp=1, max_tp=4, dtype="float32", device_memory="32MiB",
+                        block_tokens=4, max_batched_tokens=64)
+    with Cluster(cfg, record_logits=True) as c:
+        seqs = [c.add_request(p, SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)) for p in prompts]
+        for _ in range(4):
+            c.step()
+        tr = c.merge([0, 1, 2, 3], precopy=True)
+        assert tr.precopy_bytes > 0 and not tr.done
+        tokens_before = sum(len(s.output_ids) for s in seqs)
+        while c.transition is not None:
+            c.step()  # decoding continues during pre-copy
+        assert sum(len(s.output_ids) for s in seqs) > tokens_before
+        merged = c.reports[-1]
+        assert [i.tp for i in c.instances] == [4]
+        assert merged.precopy_bytes > 0 and merged.kv_units_moved * c.layout.page_bytes < merged.precopy_bytes
+        c.step()
+        c.split(0, 4, precopy=True)
+        while c.transition is not None:
+            c.step()
+        split = c.reports[-1]
+        assert [i.tp for i in c.instances] == [1, 1, 1, 1] and split.precopy_bytes > split.weight_bytes
+        while c.has_work:
+            c.step()
+        outs = outputs(c, seqs)
+    assert all(len(o.token_ids) == 30 for o in outs)
+    check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)

@@ -1,0 +1,182 @@
+"""Merge 4xTP1 -> TP4 and split back while requests decode, against the machine's transfer limits,
+a vLLM-style token-major KV move, and drain-and-restart.
+
+For each model: requests holding a few thousand KV tokens run on four TP1 instances; after a few
+decode steps the cluster merges to TP4, decodes, then splits back to 4xTP1 and decodes. Measured
+in the same run, for the same bytes: gloo send/recv and all_to_all_single between the same pairs,
+the same units moved in token-major layout (gather, send, scatter), and a restart (reload weights
+from disk at the new degree, recompute every running request's prefill).
+
+    python benchmarks/transform.py --quick
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gyges.bench import transfer  # noqa: E402
+from gyges.cluster.cluster import Cluster  # noqa: E402
+from gyges.cluster.config import ClusterConfig  # noqa: E402
+from gyges.engine.sequence import SamplingParams  # noqa: E402
+from gyges.model.loader import default_model_path  # noqa: E402
+
+WORK = Path("/tmp/gyges-bench")
+
+
+def large_llama() -> Path:
+    """A random Llama of about 240M parameters (bf16, 16 query / 8 KV heads) with SmolLM2's tokenizer, made once."""
+    path = WORK / "llama-250m-random"
+    if (path / "model.safetensors").exists():
+        return path
+    import transformers
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
+                                   num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=4096,
+                                   tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(path)
+    gguf = default_model_path()
+    transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(path)
+    return path
+
+
+class Recorder:
+    """Steps the cluster and keeps the time of every token of every request."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.times: dict[int, list[float]] = {}
+        self.step_s: list[float] = []
+
+    def step(self, n: int = 1):
+        for _ in range(n):
+            t = time.perf_counter()
+            for seq, tok in self.cluster.step():
+                if tok is not None:
+                    self.times.setdefault(seq.id, []).append(time.perf_counter())
+            self.step_s.append(time.perf_counter() - t)
+
+    def stall_across(self, t0: float) -> float:
+        """Longest gap between the last token before `t0` and the first after, over requests."""
+        gaps = []
+        for ts in self.times.values():
+            before, after = [x for x in ts if x < t0], [x for x in ts if x >= t0]
+            if before and after:
+                gaps.append(after[0] - before[-1])
+        return max(gaps)
+
+
+def on_workers(cluster, fn, *args) -> list:
+    for w in cluster.workers:
+        w.send("invoke", fn, *args)
+    return [w.recv() for w in cluster.workers]
+
+
+def measure(cluster, rec: Recorder, kind: str) -> dict:
+    decode_step = rec.step_s[-1]
+    t0 = time.perf_counter()
+    report = cluster.merge([0, 1, 2, 3]) if kind == "merge" else cluster.split(0, 4)
+    rec.step(1)
+    post_step = rec.step_s[-1]
+    stall = rec.stall_across(t0)
+    rec.step(3)
+    moves = list(enumerate(report.plan.kv_moves))
+    page = cluster.layout.page_bytes
+    cross = sum(mv.count for _, mv in moves if mv.src != mv.dst) * page
+    kv_move_s = max(s["kv_s"] for s in report.worker_stats.values())
+    p2p_s = max(on_workers(cluster, transfer.send_recv_limit, moves))
+    a2a_s = max(on_workers(cluster, transfer.all_to_all_limit, moves, [0, 1, 2, 3]))
+    memcpy_s = transfer.memcpy_limit(None, max(cross // 4, 1 << 20))
+    token_major_s = max(on_workers(cluster, transfer.token_major_move, moves))
+    limit_s = min(p2p_s, a2a_s)
+    # drain and restart at the new degree: reload the shard from disk everywhere, recompute prefill
+    ranks = {d: (inst.tp, inst.devices.index(d)) for inst in cluster.instances for d in inst.devices}
+    for d, w in enumerate(cluster.workers):
+        w.send("invoke", transfer.reload_from_disk, *ranks[d])
+    reload_s = max(w.recv() for w in cluster.workers)
+    running = [s for inst in cluster.instances for s in inst.scheduler.running]
+    done_before = {s.id: len(s.output_ids) for s in running}
+    for inst in cluster.instances:
+        inst.scheduler.requeue_all()
+    t = time.perf_counter()
+    while any(len(s.output_ids) == done_before[s.id] for s in running if not s.finished):
+        rec.step(1)
+    recompute_s = time.perf_counter() - t
+    peak = [s["peak_extra_bytes"] for s in report.worker_stats.values()]
+    return {
+        "total_s": report.total_s, "stall_s": stall, "decode_step_s": decode_step, "post_step_s": post_step,
+        "stall_minus_post_step_s": stall - post_step,
+        "kv_units_moved": report.kv_units_moved, "kv_bytes": report.kv_bytes, "kv_cross_device_bytes": cross,
+        "kv_move_s": kv_move_s, "kv_gbps": cross / kv_move_s / 1e9,
+        "send_recv_s": p2p_s, "all_to_all_s": a2a_s, "limit_s": limit_s, "limit_gbps": cross / limit_s / 1e9,
+        "memcpy_gbps": max(cross // 4, 1 << 20) / memcpy_s / 1e9,
+        "fraction_of_limit": limit_s / kv_move_s,
+        "token_major_kv_move_s": token_major_s, "token_major_over_header_centric": token_major_s / kv_move_s,
+        "weight_bytes_moved": report.weight_bytes,
+        "restart_s": reload_s + recompute_s, "restart_reload_s": reload_s, "restart_recompute_s": recompute_s,
+        "restart_over_total": (reload_s + recompute_s) / report.total_s,
+        "peak_extra_bytes": None if None in peak else max(peak),
+        "instances_after": [i.devices for i in cluster.instances],
+    }
+
+
+def run_model(name: str, model: Path | None, memory: str, prompt_lens: list[int]) -> dict:
+    cfg = ClusterConfig(model=str(model) if model else None, devices=4, tp=1, max_tp=4, dtype="bfloat16",
+                        device_memory=memory, max_batched_tokens=512)
+    t = time.perf_counter()
+    with Cluster(cfg) as cluster:
+        load_s = time.perf_counter() - t
+        g = torch.Generator().manual_seed(0)
+        for n in prompt_lens:
+            ids = torch.randint(100, 30000, (n,), generator=g).tolist()
+            cluster.add_request(ids, SamplingParams(max_tokens=60, temperature=0, ignore_eos=True))
+        rec = Recorder(cluster)
+        while any(s.num_computed < len(s.prompt_ids) for i in cluster.instances
+                  for s in list(i.scheduler.running) + list(i.scheduler.waiting)):
+            rec.step(1)
+        rec.step(3)
+        kv_tokens = sum(s.num_tokens for i in cluster.instances for s in i.scheduler.running)
+        out = {"load_s": load_s, "kv_tokens_in_flight": kv_tokens, "page_bytes": cluster.layout.page_bytes,
+               "padding": vars(cluster.layout.padding)}
+        out["merge"] = measure(cluster, rec, "merge")
+        out["split"] = measure(cluster, rec, "split")
+        while cluster.has_work:
+            rec.step(1)
+    print(f"{name}: done", flush=True)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="about 3,000 KV tokens per model (the default run)")
+    ap.add_argument("--out", default=str(ROOT / "results" / "transform.json"))
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    lens = [900, 700, 500, 400, 300, 200]
+    results = {"smollm2-135m": run_model("smollm2-135m", None, "512MiB", lens),
+               "llama-250m-random": run_model("llama-250m-random", large_llama(), "640MiB", lens)}
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": platform.processor() or platform.machine(), "devices": 4, "dtype": "bfloat16",
+              "wall_s": time.perf_counter() - t0, "models": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    cols = ["total_s", "stall_s", "decode_step_s", "post_step_s", "kv_move_s", "kv_gbps", "limit_gbps",
+            "fraction_of_limit", "token_major_over_header_centric", "restart_over_total", "peak_extra_bytes"]
+    print(f"\n{'model':>18} {'dir':>5} " + " ".join(f"{c[:12]:>12}" for c in cols))
+    for name, r in results.items():
+        for kind in ("merge", "split"):
+            m = r[kind]
+            print(f"{name:>18} {kind:>5} " + " ".join(
+                f"{m[c]:12.4g}" if isinstance(m[c], float) else f"{str(m[c]):>12}" for c in cols))
+    print(f"({report['wall_s']:.0f} s) wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
