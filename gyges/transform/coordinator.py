@@ -44,10 +44,11 @@ def _execute(cluster, kind: str, old, plan: TransformPlan) -> TransformReport:
     kv = list(enumerate(plan.kv_moves))
     weights = list(enumerate(plan.weight_moves, start=len(kv)))
     involved = [d for part in plan.instances for d in part]
+    group = (min(involved), len(involved))
     for part in plan.instances:
         for rank, d in enumerate(part):
             cluster.workers[d].send("transform", [x for x in kv if d in (x[1].src, x[1].dst)],
-                                    [x for x in weights if d in (x[1].src, x[1].dst)], len(part), rank, min(part))
+                                    [x for x in weights if d in (x[1].src, x[1].dst)], len(part), rank, min(part), group)
     stats = {d: cluster.workers[d].recv() for d in involved}
     new = [cluster._make_instance(part, plan.free_after) for part in plan.instances]
     by_id = {s.id: s for inst in old for s in inst.scheduler.running}

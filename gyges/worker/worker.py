@@ -77,10 +77,14 @@ class Worker:
         """Serve as rank `rank` of the TP-`tp` instance on the aligned group starting at `group_start`."""
         self.model.bind(tp, rank, self.groups.get((group_start, tp)))
 
-    def transform(self, kv_moves: list, weight_moves: list, tp: int, rank: int, group_start: int) -> dict:
+    def transform(self, kv_moves: list, weight_moves: list, tp: int, rank: int, group_start: int,
+                  involved: tuple[int, int]) -> dict:
         """This device's part of a merge or split: KV units first (they vacate pages the weights
-        need), then weight slabs, then serve at the new degree."""
+        need), then weight slabs, then serve at the new degree. `involved`: (start, size) of the
+        aligned group of every device taking part; they start together so the timings are the moves'."""
         rss_before = reset_peak_rss()
+        if involved[1] > 1:
+            dist.barrier(group=self.groups[involved])
         t0 = time.perf_counter()
         kv_sent = run_moves(self.arena.pages, self.rank, kv_moves)
         t1 = time.perf_counter()
