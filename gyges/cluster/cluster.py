@@ -11,17 +11,18 @@ from gyges.cluster.config import ClusterConfig
 from gyges.engine.batch import build_step
 from gyges.engine.kv_pool import DevicePages, KVPool
 from gyges.engine.scheduler import ScheduledBatch, Scheduler
-from gyges.engine.sequence import SamplingParams, Sequence
+from gyges.engine.sequence import SamplingParams, Sequence, Status
 from gyges.memory.layout import DeviceLayout, device_layout, units_per_block
 from gyges.model.config import ModelError
 from gyges.model.loader import load_config, load_tokenizer, resolve_model
 from gyges.transform import coordinator
 from gyges.transform.coordinator import TransformReport
 from gyges.transform.plan import TransformError, kv_page_order
-from gyges.worker.handle import WorkerError, WorkerHandle, spawn_context
+from gyges.worker.handle import WorkerError, WorkerHandle, recv_all, spawn_context
 from gyges.worker.worker import DTYPES, WorkerSpec
 
 LOAD_TIMEOUT_S = 600
+MAX_RECOVERIES = 3
 
 
 @dataclass
@@ -76,20 +77,25 @@ class Cluster:
             raise ModelError(f"the model needs at least {need * self.layout.page_bytes / 2**20:.0f} MiB per device "
                              f"at TP {cfg.tp} (weights plus one KV block); --device-memory gives "
                              f"{cfg.memory_bytes / 2**20:.0f} MiB")
+        self.logits: dict[int, list[np.ndarray]] = {}
+        self.transition: coordinator.Transition | None = None
+        self.reports: list[TransformReport] = []
+        self.failures: list[str] = []
+        self._start_workers()
+
+    def _start_workers(self):
+        """Spawn every worker, wait until all have loaded, and lay out the initial instances."""
+        cfg = self.cfg
         spec = WorkerSpec(str(self.path), cfg.dtype, cfg.device_type, cfg.memory_bytes, cfg.max_tp,
                           cfg.block_tokens, cfg.devices, _free_port(), cfg.threads_per_device, cfg.tp)
         ctx = spawn_context()
         self.workers = [WorkerHandle(ctx, r, spec) for r in range(cfg.devices)]
         try:
-            for w in self.workers:
-                w.recv(timeout=LOAD_TIMEOUT_S)
+            recv_all(self.workers, timeout=LOAD_TIMEOUT_S)
         except WorkerError:
             self.shutdown()
             raise
         self.instances = [self._make_instance(list(range(s, s + cfg.tp))) for s in range(0, cfg.devices, cfg.tp)]
-        self.logits: dict[int, list[np.ndarray]] = {}
-        self.transition: coordinator.Transition | None = None
-        self.reports: list[TransformReport] = []
 
     def _make_instance(self, devices: list[int], free: dict[int, list[int]] | None = None) -> Instance:
         """An instance on `devices` (rank order); `free`: each device's free KV pages (default: all)."""
@@ -113,9 +119,12 @@ class Cluster:
         if max(ids) >= self.model_config.vocab_size or min(ids) < 0:
             raise ValueError(f"prompt token ids must lie in [0, {self.model_config.vocab_size})")
         seq = Sequence(ids, params)
+        self._route(seq)
+        return seq
+
+    def _route(self, seq: Sequence):
         inst = max(self.instances, key=lambda i: (i.scheduler.pool.free_blocks * i.tp, -i.scheduler.load_tokens))
         inst.scheduler.add(seq)
-        return seq
 
     @property
     def has_work(self) -> bool:
@@ -126,21 +135,23 @@ class Cluster:
     def step(self) -> list[tuple[Sequence, int | None]]:
         """One step of every instance with work; returns (sequence, new token or None when it failed).
 
-        If a worker fails, every request in the cluster is finished with the error (none is dropped
-        silently), the workers are stopped, and the WorkerError propagates.
+        If a worker fails or dies, the workers restart and every request is re-queued with its
+        prompt and generated tokens (see `_recover`).
         """
         try:
             return self._step()
         except WorkerError as e:
-            self._fail_all(f"worker failure: {e}")
-            self.shutdown()
-            raise
+            self._recover(f"worker failure: {e}")
+            return []
 
     def _step(self) -> list[tuple[Sequence, int | None]]:
         tr = self.transition
         if tr is not None and tr.done:
             self.transition = None
-            self.reports.append(tr.switch())
+            try:
+                self.reports.append(self._guarded(lambda _: tr.switch()))
+            except TransformError as e:
+                self.failures.append(f"transformation abandoned: {e}")
         launched, events = [], []
         for inst in self.instances:
             batch = inst.scheduler.schedule()
@@ -155,11 +166,40 @@ class Cluster:
                                                           want_logits=self.record_logits and r == 0))
             launched.append((inst, batch))
         for inst, batch in launched:
-            answers = [self.workers[d].recv() for d in inst.devices]
+            answers = recv_all([self.workers[d] for d in inst.devices])
             events += self._apply(inst, batch, *answers[0])
         if self.transition is not None and not self.transition.done:
-            self.transition.advance()
+            try:
+                self._guarded(lambda _: self.transition.advance())
+            except TransformError as e:
+                self.failures.append(f"transformation abandoned: {e}")
         return events
+
+    def _recover(self, reason: str) -> int:
+        """Restart every worker and re-queue every request from its prompt and generated tokens.
+
+        Used when a worker fails: process groups that lost a peer cannot be trusted again, and a
+        transformation that failed part-way may have overwritten pages a request needed. Seeded
+        sampling makes the resumed requests produce what they would have. After MAX_RECOVERIES,
+        or if the restart fails, every request is finished with the reason and WorkerError raised.
+        """
+        seqs = sorted({s for i in self.instances for s in list(i.scheduler.running) + list(i.scheduler.waiting)},
+                      key=lambda s: s.id)
+        self.failures.append(reason)
+        self.transition = None
+        self.shutdown()
+        if len(self.failures) > MAX_RECOVERIES:
+            self._fail_all(f"{reason} (gave up after {MAX_RECOVERIES} restarts)")
+            raise WorkerError(reason)
+        try:
+            self._start_workers()
+        except WorkerError as e:
+            self._fail_all(f"{reason}; restart failed: {e}")
+            raise
+        for seq in seqs:
+            seq.pages, seq.num_computed, seq.status = [], 0, Status.WAITING
+            self._route(seq)
+        return len(seqs)
 
     def _fail_all(self, reason: str):
         for inst in self.instances:
@@ -259,9 +299,9 @@ class Cluster:
         try:
             return fn(self, *args)
         except WorkerError as e:
-            self._fail_all(f"worker failure during a transformation: {e}")
-            self.shutdown()
-            raise
+            n = self._recover(f"worker failure during a transformation: {e}")
+            raise TransformError(f"the transformation failed ({str(e).splitlines()[0]}); workers restarted "
+                                 f"at TP {self.cfg.tp} and {n} requests re-queued with their generated tokens") from e
 
     def shutdown(self):
         for w in getattr(self, "workers", []):

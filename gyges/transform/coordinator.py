@@ -8,8 +8,9 @@ keep decoding; the switch then plans again and moves only what changed.
 import time
 from dataclasses import dataclass, field
 
-from gyges.transform.plan import (Move, Placed, SeqKV, TransformPlan, coalesce, owner_of, plan_merge,
-                                  plan_split)
+from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, coalesce, owner_of,
+                                  plan_merge, plan_split)
+from gyges.worker.handle import recv_all
 
 PRECOPY_CHUNK_BYTES = 32 << 20
 
@@ -49,7 +50,7 @@ def _execute(cluster, kind: str, old, plan: TransformPlan) -> TransformReport:
         for rank, d in enumerate(part):
             cluster.workers[d].send("transform", [x for x in kv if d in (x[1].src, x[1].dst)],
                                     [x for x in weights if d in (x[1].src, x[1].dst)], len(part), rank, min(part), group)
-    stats = {d: cluster.workers[d].recv() for d in involved}
+    stats = dict(zip(involved, recv_all([cluster.workers[d] for d in involved])))
     new = [cluster._make_instance(part, plan.free_after) for part in plan.instances]
     by_id = {s.id: s for inst in old for s in inst.scheduler.running}
     for sid, j in sorted(plan.seq_instance.items(), key=lambda x: x[0]):
@@ -123,13 +124,22 @@ class Transition:
         devices = [d for i in self.old for d in i.devices]
         for d in devices:
             self.cluster.workers[d].send("copy_pages", [x for x in chunk if d in (x[1].src, x[1].dst)])
-        for d in devices:
-            self.cluster.workers[d].recv()
+        recv_all([self.cluster.workers[d] for d in devices])
         self.precopy_s += time.perf_counter() - t
+
+    def abort(self):
+        """Give the reserved destination pages back; the old instances serve on untouched."""
+        for inst in self.old:
+            for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
+                pages.give(sorted(self.reserved[d], reverse=True))
 
     def switch(self) -> TransformReport:
         """Plan again with the pre-copied units in place, move the rest, install the new instances."""
-        plan = _plan(self.cluster, self.kind, self.old, self.parts, self.placed, self.fetched)
+        try:
+            plan = _plan(self.cluster, self.kind, self.old, self.parts, self.placed, self.fetched)
+        except TransformError:
+            self.abort()
+            raise
         used = {}
         for sid, rows in plan.seq_pages.items():
             for g, row in enumerate(rows):

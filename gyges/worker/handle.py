@@ -1,5 +1,6 @@
 """The controller's end of a worker: start it, send it commands, wait for answers without hanging."""
 import multiprocessing as mp
+from multiprocessing import connection as mp_connection
 
 from gyges.worker.worker import WorkerSpec, worker_main
 
@@ -54,6 +55,26 @@ class WorkerHandle:
             self.proc.kill()
             self.proc.join()
         self.conn.close()
+
+
+def recv_all(handles: list[WorkerHandle], timeout: float | None = None) -> list:
+    """Answers of several workers, in order; raises as soon as any of them fails or dies, so a
+    worker stuck in a collective with a dead peer never blocks the controller."""
+    pending = {h.conn: h for h in handles}
+    answers, waited = {}, 0.0
+    while pending:
+        ready = mp_connection.wait(list(pending), timeout=1.0)
+        for conn in ready:
+            h = pending.pop(conn)
+            answers[h.rank] = h.recv()
+        if not ready:
+            waited += 1.0
+            for h in pending.values():
+                if not h.proc.is_alive():
+                    raise WorkerError(f"worker {h.rank} exited with code {h.proc.exitcode}")
+            if timeout is not None and waited >= timeout:
+                raise WorkerError(f"workers {sorted(h.rank for h in pending.values())} did not answer within {timeout:.0f} s")
+    return [answers[h.rank] for h in handles]
 
 
 def spawn_context():

@@ -52,6 +52,7 @@ def aligned_groups(world_size: int, max_tp: int) -> list[tuple[int, int]]:
 class Worker:
     def __init__(self, rank: int, spec: WorkerSpec):
         self.rank, self.spec = rank, spec
+        self.fault: str | None = None  # set by tests (through `invoke`) to fail a transformation part-way
         self.device = torch.device(f"cuda:{rank}" if spec.device_type == "cuda" else "cpu")
         torch.set_num_threads(spec.threads)
         self.groups = {}
@@ -88,6 +89,8 @@ class Worker:
         t0 = time.perf_counter()
         kv_sent = run_moves(self.arena.pages, self.rank, kv_moves)
         t1 = time.perf_counter()
+        if self.fault == "transform":
+            raise RuntimeError("injected fault after the KV moves")
         weight_sent = run_moves(self.arena.pages, self.rank, weight_moves)
         t2 = time.perf_counter()
         self.bind(tp, rank, group_start)

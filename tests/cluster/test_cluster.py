@@ -94,13 +94,19 @@ def test_a_worker_that_fails_to_load_is_reported_and_nothing_is_left(tiny_llama,
     assert no_workers_left()
 
 
-def test_a_worker_dying_mid_serving_fails_every_request_with_a_reason(tiny_llama):
-    c = Cluster(ClusterConfig(model=str(tiny_llama), devices=2, tp=1, dtype="float32", device_memory="32MiB"))
-    seqs = [c.add_request([5, 6, 7], SamplingParams(max_tokens=50, ignore_eos=True)) for _ in range(4)]
-    c.step()
-    c.workers[1].proc.kill()
-    with pytest.raises(WorkerError, match="worker 1"):
+def test_a_worker_dying_mid_serving_restarts_workers_and_every_request_completes(tiny_llama):
+    prompts = [[5, 6, 7], list(range(3, 30)), [9, 8, 7, 6]]
+    params = SamplingParams(max_tokens=20, temperature=0.7, seed=5, ignore_eos=True)
+    cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=1, dtype="float32", device_memory="32MiB")
+    with Cluster(cfg) as c:
+        expected = [o.token_ids for o in c.generate(prompts, params)]
+        seqs = [c.add_request(p, params) for p in prompts]
+        for _ in range(3):
+            c.step()
+        c.workers[1].proc.kill()
         while c.has_work:
             c.step()
-    assert all(s.finished and s.finish_reason == "error" and "worker 1" in s.error for s in seqs)
+        assert len(c.failures) == 1 and "worker 1" in c.failures[0]
+    assert [s.output_ids for s in seqs] == expected  # re-queued with their tokens, seeded draws resume
+    assert all(s.finish_reason == "length" and s.num_preemptions == 0 for s in seqs)
     assert no_workers_left()

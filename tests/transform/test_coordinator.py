@@ -117,3 +117,26 @@ def test_precopy_moves_full_blocks_while_decoding_and_the_switch_moves_the_rest(
         outs = outputs(c, seqs)
     assert all(len(o.token_ids) == 30 for o in outs)
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
+
+
+def fail_next_transform(worker):
+    worker.fault = "transform"
+
+
+def test_a_transformation_failing_part_way_requeues_requests_and_they_complete_correctly(tiny_llama):
+    prompts = [[(i * 13 + j * 7) % 500 + 3 for j in range(5 + i * 9)] for i in range(6)]
+    cfg = ClusterConfig(model=str(tiny_llama), devices=4, tp=1, max_tp=4, dtype="float32", device_memory="32MiB",
+                        block_tokens=4)
+    with Cluster(cfg, record_logits=True) as c:
+        seqs = [c.add_request(p, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)) for p in prompts]
+        for _ in range(4):
+            c.step()
+        c.workers[2].call("invoke", fail_next_transform)
+        with pytest.raises(TransformError, match="requests re-queued"):
+            c.merge([0, 1, 2, 3])
+        assert [i.tp for i in c.instances] == [1, 1, 1, 1] and "injected fault" in c.failures[0]
+        while c.has_work:
+            c.step()
+        outs = outputs(c, seqs)
+    assert all(len(o.token_ids) == 20 for o in outs)
+    check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
