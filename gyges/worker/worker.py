@@ -83,9 +83,9 @@ class Worker:
         """This device's part of a merge or split: KV units first (they vacate pages the weights
         need), then weight slabs, then serve at the new degree. `involved`: (start, size) of the
         aligned group of every device taking part; they start together so the timings are the moves'."""
-        rss_before = reset_peak_rss()
         if involved[1] > 1:
             dist.barrier(group=self.groups[involved])
+        rss_before = reset_peak_rss()
         t0 = time.perf_counter()
         kv_sent = run_moves(self.arena.pages, self.rank, kv_moves)
         t1 = time.perf_counter()
