@@ -277,22 +277,22 @@ class Cluster:
             raise TransformError(f"devices {sorted(devices)} do not cover whole instances "
                                  f"({[i.devices for i in insts]})")
         if precopy:
-            return self._begin(coordinator.Transition, "merge", insts)
+            return self._begin("merge", insts)
         return self._guarded(coordinator.merge, insts)
 
     def split(self, device: int, parts: int = 2, precopy: bool = False) -> TransformReport | coordinator.Transition:
         """Split the instance holding `device` into `parts` instances; each request goes to one."""
         self._no_pending_transition()
         if precopy:
-            return self._begin(coordinator.Transition, "split", [self.instance_of(device)], parts)
+            return self._begin("split", [self.instance_of(device)], parts)
         return self._guarded(coordinator.split, self.instance_of(device), parts)
 
     def _no_pending_transition(self):
         if self.transition is not None:
             raise TransformError("a transformation is already in progress; let it finish first")
 
-    def _begin(self, cls, *args) -> coordinator.Transition:
-        self.transition = self._guarded(cls, *args)
+    def _begin(self, *args) -> coordinator.Transition:
+        self.transition = self._guarded(coordinator.Transition, *args)
         return self.transition
 
     def _guarded(self, fn, *args):

@@ -99,12 +99,12 @@ class Transition:
                             self.reserved[dst].add(q)
                             units.append(Move(src, dst, p, q))
         weights = []
-        page_range = cluster.layout.slab_pages_of
+        lay = cluster.layout
         for mv in tentative.weight_moves:
             pages = set(range(mv.dst_page, mv.dst_page + mv.count))
             if pages <= free[mv.dst] - self.reserved[mv.dst]:
                 self.reserved[mv.dst] |= pages
-                self.fetched.add((mv.dst, next(g for g in range(cluster.layout.max_tp) if page_range(g).start == mv.dst_page)))
+                self.fetched.add((mv.dst, (mv.dst_page - lay.replicated_pages) // lay.slab_pages))
                 weights.append(mv)
         for inst in old:
             for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
