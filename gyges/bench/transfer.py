@@ -2,13 +2,9 @@
 the same bytes a plan moves, the same KV moved in a vLLM-style token-major layout, and reloading
 weights from disk (the drain-and-restart baseline)."""
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-
-from gyges.memory.layout import head_groups
-from gyges.model.loader import iter_weights, load_config
 
 
 def _pair_bytes(moves, page_bytes: int) -> dict[tuple[int, int], int]:
@@ -88,8 +84,5 @@ def token_major_move(worker, moves) -> float:
 def reload_from_disk(worker, tp: int, rank: int) -> float:
     """Seconds to read the model from disk and lay this rank's shard into the arena."""
     t = time.perf_counter()
-    path = Path(worker.spec.model_path)
-    config = load_config(path)
-    weights = {n: w.to(worker.arena.pages.dtype) for n, w in iter_weights(path, config)}
-    worker.arena.load(weights, head_groups(worker.arena.layout.max_tp, tp, rank))
+    worker.load_weights(tp, rank)
     return time.perf_counter() - t

@@ -62,17 +62,20 @@ class Worker:
                                     world_size=spec.world_size, timeout=timedelta(seconds=300))
             for start, size in aligned_groups(spec.world_size, spec.max_tp):
                 self.groups[(start, size)] = dist.new_group(list(range(start, start + size)))
-        path = Path(spec.model_path)
-        config = load_config(path)
+        self.config = load_config(Path(spec.model_path))
         dtype = DTYPES[spec.dtype]
-        layout = device_layout(config, spec.max_tp, spec.block_tokens, dtype.itemsize, spec.memory_bytes)
+        layout = device_layout(self.config, spec.max_tp, spec.block_tokens, dtype.itemsize, spec.memory_bytes)
         self.arena = Arena(layout, dtype, self.device)
-        weights = {name: t.to(dtype) for name, t in iter_weights(path, config)}
         tp, local = spec.tp, rank % spec.tp
-        self.arena.load(weights, head_groups(spec.max_tp, tp, local))
-        del weights
+        self.load_weights(tp, local)
         self.model = LlamaShard(self.arena)
         self.bind(tp, local, rank - local)
+
+    def load_weights(self, tp: int, rank: int):
+        """Read the model from disk and write rank `rank`'s shard at TP `tp` into the arena."""
+        dtype = self.arena.pages.dtype
+        weights = {name: t.to(dtype) for name, t in iter_weights(Path(self.spec.model_path), self.config)}
+        self.arena.load(weights, head_groups(self.spec.max_tp, tp, rank))
 
     def bind(self, tp: int, rank: int, group_start: int):
         """Serve as rank `rank` of the TP-`tp` instance on the aligned group starting at `group_start`."""
