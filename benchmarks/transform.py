@@ -166,7 +166,7 @@ def run_model(name: str, model: Path | None, memory: str, prompt_lens: list[int]
             cluster.add_request(ids, SamplingParams(max_tokens=160, temperature=0, ignore_eos=True))
         rec = Recorder(cluster)
         while any(s.num_computed < len(s.prompt_ids) for i in cluster.instances
-                  for s in list(i.scheduler.running) + list(i.scheduler.waiting)):
+                  for s in i.scheduler.requests):
             rec.step(1)
         rec.step(3)
         kv_tokens = sum(s.num_tokens for i in cluster.instances for s in i.scheduler.running)

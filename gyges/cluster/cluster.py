@@ -148,10 +148,7 @@ class Cluster:
         tr = self.transition
         if tr is not None and tr.done:
             self.transition = None
-            try:
-                self.reports.append(self._guarded(lambda _: tr.switch()))
-            except TransformError as e:
-                self.failures.append(f"transformation abandoned: {e}")
+            self._advance_transition(tr.switch)
         launched, events = [], []
         for inst in self.instances:
             batch = inst.scheduler.schedule()
@@ -169,11 +166,18 @@ class Cluster:
             answers = recv_all([self.workers[d] for d in inst.devices])
             events += self._apply(inst, batch, *answers[0])
         if self.transition is not None and not self.transition.done:
-            try:
-                self._guarded(lambda _: self.transition.advance())
-            except TransformError as e:
-                self.failures.append(f"transformation abandoned: {e}")
+            self._advance_transition(self.transition.advance)
         return events
+
+    def _advance_transition(self, phase):
+        """Run a phase of the pending transition; a failure is recorded, never raised from a step."""
+        try:
+            report = self._guarded(lambda _: phase())
+        except TransformError as e:
+            self.failures.append(f"transformation abandoned: {e}")
+            return
+        if report is not None:
+            self.reports.append(report)
 
     def _recover(self, reason: str) -> int:
         """Restart every worker and re-queue every request from its prompt and generated tokens.
@@ -183,8 +187,7 @@ class Cluster:
         sampling makes the resumed requests produce what they would have. After MAX_RECOVERIES,
         or if the restart fails, every request is finished with the reason and WorkerError raised.
         """
-        seqs = sorted({s for i in self.instances for s in list(i.scheduler.running) + list(i.scheduler.waiting)},
-                      key=lambda s: s.id)
+        seqs = sorted((s for i in self.instances for s in i.scheduler.requests), key=lambda s: s.id)
         self.failures.append(reason)
         self.transition = None
         self.shutdown()
@@ -203,10 +206,9 @@ class Cluster:
 
     def _fail_all(self, reason: str):
         for inst in self.instances:
-            sched = inst.scheduler
-            for seq in list(sched.running) + list(sched.waiting):
+            for seq in inst.scheduler.requests:
                 seq.error = reason
-                sched.finish(seq, "error")
+                inst.scheduler.finish(seq, "error")
 
     def _apply(self, inst: Instance, batch: ScheduledBatch, tokens: list[int], logits) -> list:
         events, k = [], 0

@@ -30,6 +30,11 @@ class Scheduler:
         self.waiting.append(seq)
 
     @property
+    def requests(self) -> list[Sequence]:
+        """Every unfinished request: running first, then waiting."""
+        return self.running + list(self.waiting)
+
+    @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
