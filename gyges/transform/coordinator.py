@@ -94,7 +94,7 @@ class Transition:
                     src, dst = owner_of(inst.devices, cluster.layout.max_tp, g), owner_of(part, cluster.layout.max_tp, g)
                     for b, p in enumerate(row[:seq.num_computed // block]):  # full blocks only
                         q = tentative.seq_pages[seq.id][g][b]
-                        if (src, p) != (dst, q) and q in free[dst] - self.reserved[dst]:
+                        if (src, p) != (dst, q) and q in free[dst] and q not in self.reserved[dst]:
                             self.placed[(seq.id, g, b)] = (p, q)
                             self.reserved[dst].add(q)
                             units.append(Move(src, dst, p, q))

@@ -5,7 +5,7 @@ gives up or fetches, and where every KV unit goes. Units only ever land in pages
 before the transformation (plus, for a merge, the weight pages it frees), so executing a plan
 needs no memory beyond each device's arena.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gyges.memory.layout import DeviceLayout, head_groups, units_per_block
 
@@ -40,7 +40,6 @@ class TransformPlan:
     weight_moves: list[Move]                   # slab copies between devices (split)
     free_after: dict[int, list[int]]           # device -> free KV pages afterwards
     kv_units_moved: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def owner_of(devices: list[int], max_tp: int, group: int) -> int:
