@@ -37,14 +37,14 @@ def case(dtype: torch.dtype, batch: int, ctx: int, reps: int, block: int = 16) -
     tables = torch.arange(1, pages).view(batch, 1, blocks)
     lens = torch.full((batch,), ctx)
     meta = AttentionMeta(torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                         torch.arange(batch), tables, lens, [])
+                         torch.arange(batch), tables, lens, [], block)
     q = torch.randn(batch, hq, d, dtype=dtype)
     scale = d ** -0.5
+    visible = ~meta.decode_hidden  # both kernels get the step's mask ready-made
 
     def sdpa():
         k, v = _gather(cache, tables, 0), _gather(cache, tables, 1)
-        mask = (torch.arange(k.shape[2])[None, :] < lens[:, None])[:, None, None, :]
-        return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=visible, scale=scale, enable_gqa=True)
 
     err = (_decode(cache, meta, q, scale).float() - sdpa().squeeze(2).float()).abs().max().item()
     return {"dtype": str(dtype).replace("torch.", ""), "batch": batch, "ctx": ctx,

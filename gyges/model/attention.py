@@ -5,7 +5,7 @@ page (unit) holding each logical block. Gathering pages of one head group yields
 heads as [heads, blocks, block_tokens, head_dim], so the common case of one KV head per group
 needs no reordering before the attention kernel.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,15 @@ class AttentionMeta:
     decode_tables: torch.Tensor   # [nd, m, max_blocks]
     decode_lens: torch.Tensor     # [nd]: context length including the new token
     prefills: list[PrefillSeq]
+    block_tokens: int
     sliding_window: int | None = None
+    decode_hidden: torch.Tensor = field(init=False)  # [nd, 1, 1, S]: positions a decode query must not see
+
+    def __post_init__(self):
+        """The decode mask is the same for every layer: build it once per step."""
+        pos = torch.arange(self.decode_tables.shape[-1] * self.block_tokens, device=self.decode_lens.device)
+        visible = _window_mask((self.decode_lens - 1)[:, None], pos[None, :], self.sliding_window)
+        self.decode_hidden = ~visible[:, None, None, :]
 
 
 def write_kv(cache: torch.Tensor, meta: AttentionMeta, k: torch.Tensor, v: torch.Tensor):
@@ -67,10 +75,8 @@ def _decode(cache: torch.Tensor, meta: AttentionMeta, q: torch.Tensor, scale: fl
     k = _gather(cache, meta.decode_tables, 0)  # [nd, Hkv, S, d]
     v = _gather(cache, meta.decode_tables, 1)
     nd, hkv, S, d = k.shape
-    pos = torch.arange(S, device=q.device)
-    mask = _window_mask((meta.decode_lens - 1)[:, None], pos[None, :], meta.sliding_window)
     scores = torch.matmul(q.view(nd, hkv, -1, d), k.transpose(-1, -2)).float() * scale  # [nd, Hkv, g, S]
-    scores.masked_fill_(~mask[:, None, None, :], float("-inf"))
+    scores.masked_fill_(meta.decode_hidden, float("-inf"))
     return torch.matmul(scores.softmax(-1).to(v.dtype), v).view(nd, -1, d)
 
 

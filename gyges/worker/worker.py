@@ -110,7 +110,7 @@ class Worker:
             slot_pages=t(s.slot_pages), slot_offsets=t(s.slot_offsets), decode_rows=t(s.decode_rows),
             decode_tables=t(s.decode_tables), decode_lens=t(s.decode_lens),
             prefills=[PrefillSeq(a, b, c, t(tab)) for a, b, c, tab in s.prefills],
-            sliding_window=self.model.config.sliding_window)
+            block_tokens=self.spec.block_tokens, sliding_window=self.model.config.sliding_window)
         batch = ForwardBatch(t(s.input_ids), t(s.positions), meta, t(s.logit_rows))
         driver = self.model.rank == 0
         logits = self.model.forward(batch, want_logits=driver and len(s.logit_rows) > 0)
