@@ -89,7 +89,8 @@ def test_a_worker_that_fails_to_load_is_reported_and_nothing_is_left(tiny_llama,
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (broken / f).write_text((tiny_llama / f).read_text())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(WorkerError, match="worker 0 failed"):
+    # both workers read the broken file; whichever answers first is reported, with the reason
+    with pytest.raises(WorkerError, match=r"worker [01] failed:(.|\n)*deserializing header"):
         Cluster(ClusterConfig(model=str(broken), devices=2, tp=2, dtype="float32", device_memory="32MiB"))
     assert no_workers_left()
 
