@@ -155,8 +155,8 @@ def device_layout(config: ModelConfig, max_tp: int, block_tokens: int, dtype_byt
         shard.append((f"{i}.qkv", (qkv_rows, h)))
         if config.qkv_bias:
             shard.append((f"{i}.qkv_bias", (qkv_rows,)))
-        shard += [(f"{i}.o", (pad.q_per_shard * d, h)), (f"{i}.gate_up", (2 * pad.inter_per_shard, h)),
-                  (f"{i}.down", (pad.inter_per_shard, h))]
+        shard += [(f"{i}.o", (h, pad.q_per_shard * d)), (f"{i}.gate_up", (2 * pad.inter_per_shard, h)),
+                  (f"{i}.down", (h, pad.inter_per_shard))]
     rep_slots, rep_elems = _place(replicated)
     shard_slots, shard_elems = _place(shard)
     return DeviceLayout(config, pad, unit, rep_slots, shard_slots, -(-rep_elems // page_elems),

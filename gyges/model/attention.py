@@ -30,23 +30,43 @@ class AttentionMeta:
     block_tokens: int
     sliding_window: int | None = None
     decode_hidden: torch.Tensor = field(init=False)  # [nd, 1, 1, S]: positions a decode query must not see
+    _cache: dict = field(init=False, repr=False)
 
     def __post_init__(self):
         """The decode mask is the same for every layer: build it once per step."""
         pos = torch.arange(self.decode_tables.shape[-1] * self.block_tokens, device=self.decode_lens.device)
         visible = _window_mask((self.decode_lens - 1)[:, None], pos[None, :], self.sliding_window)
         self.decode_hidden = ~visible[:, None, None, :]
+        self._cache = {}
+
+    def decode_bias(self, kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
+        """[nd * kv_heads, 1, S]: 0 where a decode query may look, -inf elsewhere; added to the scores."""
+        key = ("bias", kv_heads, dtype)
+        if key not in self._cache:
+            nd, S = self.decode_hidden.shape[0], self.decode_hidden.shape[-1]
+            bias = torch.zeros(nd, kv_heads, 1, S, dtype=dtype, device=self.decode_hidden.device)
+            self._cache[key] = bias.masked_fill_(self.decode_hidden, float("-inf")).view(nd * kv_heads, 1, S)
+        return self._cache[key]
+
+    def kv_rows(self, unit_shape: tuple[int, ...]) -> torch.Tensor:
+        """[layers, 2, T * m * heads]: for every layer, the head_dim-long row of the whole KV tensor
+        (seen as [pages * layers * 2 * heads * block_tokens, head_dim]) each new K and V row goes to."""
+        if "rows" not in self._cache:
+            layers, _, heads, block, _ = unit_shape
+            dev = self.slot_pages.device
+            head_rows = torch.arange(heads, device=dev) * block
+            base = self.slot_pages[:, :, None] * (layers * 2 * heads * block) + head_rows + self.slot_offsets[:, None, None]
+            layer_rows = torch.arange(layers * 2, device=dev) * (heads * block)
+            self._cache["rows"] = (layer_rows[:, None] + base.flatten()[None, :]).view(layers, 2, -1)
+        return self._cache["rows"]
 
 
-def write_kv(cache: torch.Tensor, meta: AttentionMeta, k: torch.Tensor, v: torch.Tensor):
-    """cache: one layer's [pages, 2, heads, block_tokens, head_dim]; k, v: [T, m * heads, head_dim]."""
-    T, m = meta.slot_pages.shape
-    heads = cache.shape[2]
-    idx_h = torch.arange(heads, device=k.device)
-    pages = meta.slot_pages[:, :, None]
-    offs = meta.slot_offsets[:, None, None]
-    cache[pages, 0, idx_h, offs] = k.view(T, m, heads, -1)
-    cache[pages, 1, idx_h, offs] = v.view(T, m, heads, -1)
+def write_kv(kv_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """kv_rows: the whole KV tensor as [rows, head_dim]; rows: one layer's [2, T * m * heads] from
+    `AttentionMeta.kv_rows`; k, v: [T, m * heads, head_dim]."""
+    d = k.shape[-1]
+    kv_rows.index_copy_(0, rows[0], k.reshape(-1, d))
+    kv_rows.index_copy_(0, rows[1], v.reshape(-1, d))
 
 
 def _gather(cache: torch.Tensor, table: torch.Tensor, which: int) -> torch.Tensor:
@@ -69,35 +89,39 @@ def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -
 def _decode(cache: torch.Tensor, meta: AttentionMeta, q: torch.Tensor, scale: float) -> torch.Tensor:
     """One query per sequence, batched; the query heads of a KV head attend as one matrix.
 
-    Written out rather than through SDPA: for one query row, two matmuls and a softmax in fp32 beat
-    the fused CPU kernel with a mask (benchmarks/attention.py).
+    Written out rather than through SDPA: for one query row, a masked batched matmul and a softmax
+    in fp32 beat the fused CPU kernel with a mask (benchmarks/attention.py).
     """
     k = _gather(cache, meta.decode_tables, 0)  # [nd, Hkv, S, d]
     v = _gather(cache, meta.decode_tables, 1)
     nd, hkv, S, d = k.shape
-    scores = torch.matmul(q.view(nd, hkv, -1, d), k.transpose(-1, -2)).float() * scale  # [nd, Hkv, g, S]
-    scores.masked_fill_(meta.decode_hidden, float("-inf"))
-    return torch.matmul(scores.softmax(-1).to(v.dtype), v).view(nd, -1, d)
+    q = q.reshape(nd * hkv, -1, d)
+    scores = torch.baddbmm(meta.decode_bias(hkv, q.dtype), q, k.view(nd * hkv, S, d).transpose(1, 2), alpha=scale)
+    probs = torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype)
+    return torch.bmm(probs, v.view(nd * hkv, S, d)).view(nd, -1, d)
 
 
 def paged_attention(cache: torch.Tensor, meta: AttentionMeta, q: torch.Tensor, k: torch.Tensor,
                     v: torch.Tensor, scale: float) -> torch.Tensor:
     """q: [T, Hq, d]; k, v: this step's [T, Hkv, d] (already written to the cache). Returns [T, Hq * d]."""
     T, hq, d = q.shape
+    if not meta.prefills:
+        return _decode(cache, meta, q, scale).view(T, hq * d)
     out = torch.empty_like(q)
     if len(meta.decode_rows):
         out[meta.decode_rows] = _decode(cache, meta, q[meta.decode_rows], scale)
     for p in meta.prefills:
-        qp = q[p.start:p.start + p.q_len].transpose(0, 1)  # [Hq, q_len, d]
+        # 4-D inputs ([1, heads, len, d]): with 3-D ones the CPU falls back to the slower math kernel
+        qp = q[p.start:p.start + p.q_len].transpose(0, 1)[None]
         if p.ctx_len == p.q_len and meta.sliding_window is None:
-            kp = k[p.start:p.start + p.q_len].transpose(0, 1)
-            vp = v[p.start:p.start + p.q_len].transpose(0, 1)
+            kp = k[p.start:p.start + p.q_len].transpose(0, 1)[None]
+            vp = v[p.start:p.start + p.q_len].transpose(0, 1)[None]
             o = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale, enable_gqa=True)
         else:
-            kp = _gather(cache, p.table, 0)[:, :p.ctx_len]
-            vp = _gather(cache, p.table, 1)[:, :p.ctx_len]
+            kp = _gather(cache, p.table, 0)[None, :, :p.ctx_len]
+            vp = _gather(cache, p.table, 1)[None, :, :p.ctx_len]
             q_pos = torch.arange(p.ctx_len - p.q_len, p.ctx_len, device=q.device)[:, None]
             mask = _window_mask(q_pos, torch.arange(p.ctx_len, device=q.device)[None, :], meta.sliding_window)
             o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale, enable_gqa=True)
-        out[p.start:p.start + p.q_len] = o.transpose(0, 1)
+        out[p.start:p.start + p.q_len] = o[0].transpose(0, 1)
     return out.view(T, hq * d)

@@ -40,10 +40,10 @@ def column_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = 
 
 
 def row_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x: [m, T, in]; w: [m, in, out] (input-major shards) -> partial sums [T, out]."""
+    """x: [m, T, in]; w: [m, out, in] (one input slice per finest shard) -> partial sums [T, out]."""
     if w.shape[0] == 1:
-        return x[0] @ w[0]
-    return torch.bmm(x, w).sum(0)
+        return F.linear(x[0], w[0])
+    return torch.bmm(x, w.transpose(1, 2)).sum(0)
 
 
 class LlamaShard:
@@ -53,6 +53,7 @@ class LlamaShard:
         self.pad = arena.layout.padding
         self.rotary = Rotary(self.config, arena.pages.device)
         self.kv = arena.kv()
+        self.kv_rows = self.kv.view(-1, self.config.head_dim)
         self.group = None
 
     def bind(self, tp: int, rank: int, group):
@@ -84,14 +85,14 @@ class LlamaShard:
         x = self.embed.index_select(0, batch.input_ids)
         cos, sin = self.rotary.cos_sin(batch.positions, x.dtype)
         scale = d ** -0.5
+        kv_rows = batch.attention.kv_rows(self.kv.shape[1:])
         for i, w in enumerate(self.layers):
             h = rms_norm(x, w["input_norm"], c.rms_norm_eps)
             qkv = column_linear(h, w["qkv"], w["qkv_bias"]).view(m, T, qf + 2 * kvf, d)
             qk = apply_rotary(qkv[:, :, :qf + kvf], cos, sin)
             q, k, v = heads_major(qk[:, :, :qf]), heads_major(qk[:, :, qf:]), heads_major(qkv[:, :, qf + kvf:])
-            cache = self.kv[:, i]
-            write_kv(cache, batch.attention, k, v)
-            attn = paged_attention(cache, batch.attention, q, k, v, scale)
+            write_kv(self.kv_rows, kv_rows[i], k, v)
+            attn = paged_attention(self.kv[:, i], batch.attention, q, k, v, scale)
             attn = attn.view(T, m, qf * d).transpose(0, 1)
             x = x + self._all_reduce(row_linear(attn, w["o"]))
             h = rms_norm(x, w["post_norm"], c.rms_norm_eps)
@@ -100,4 +101,5 @@ class LlamaShard:
         if not want_logits:
             return None
         h = rms_norm(x[batch.logit_rows], self.norm, c.rms_norm_eps)
-        return (h @ self.lm_head.t()).float()
+        # [V, n] seen as [n, V]: on CPU the big matrix on the left multiplies about 1.7x faster
+        return torch.mm(self.lm_head, h.t()).float().t()
