@@ -87,7 +87,8 @@ class Cluster:
         """Spawn every worker, wait until all have loaded, and lay out the initial instances."""
         cfg = self.cfg
         spec = WorkerSpec(str(self.path), cfg.dtype, cfg.device_type, cfg.memory_bytes, cfg.max_tp,
-                          cfg.block_tokens, cfg.devices, _free_port(), cfg.threads_per_device, cfg.tp)
+                          cfg.block_tokens, cfg.devices, _free_port(), cfg.threads_per_device, cfg.tp,
+                          cfg.cpu_kernels)
         ctx = spawn_context()
         self.workers = [WorkerHandle(ctx, r, spec) for r in range(cfg.devices)]
         try:

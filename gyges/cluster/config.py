@@ -32,6 +32,7 @@ class ClusterConfig:
     max_num_seqs: int = 64
     max_batched_tokens: int = 512
     threads_per_device: int | None = None
+    cpu_kernels: bool = True  # bf16 on CPUs with AVX512-BF16: packed matmuls and paged decode in C (gyges/kernels)
 
     def __post_init__(self):
         if self.devices < 1:

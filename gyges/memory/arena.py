@@ -1,15 +1,29 @@
 """A device's memory budget as one tensor of equal pages; weights and KV units are views into it."""
 import torch
 
+from gyges.kernels import packed as packed_kernel
 from gyges.memory.layout import DeviceLayout, Slot, head_groups
 from gyges.memory.weights import group_by_layer, layer_shards
 
 
 class Arena:
-    def __init__(self, layout: DeviceLayout, dtype: torch.dtype, device: torch.device):
+    def __init__(self, layout: DeviceLayout, dtype: torch.dtype, device: torch.device, packed: bool = False):
+        """`packed`: store every weight matrix in the kernel's packed order (gyges/kernels/packed.py),
+        if every one of them has a shape it can pack."""
         self.layout = layout
         self.pages = torch.zeros(layout.num_pages, layout.page_elems, dtype=dtype, device=device)
         self.flat = self.pages.view(-1)
+        slots = [*layout.replicated.values(), *layout.shard.values()]
+        self.packed = packed and all(packed_kernel.packable(s.shape) for s in slots if len(s.shape) == 2)
+
+    def _stored_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """A matrix [N, K] is stored as [N/16, K/2, 16, 2] when packed; everything else as it is."""
+        if self.packed and len(shape) == 2:
+            return (shape[0] // 16, shape[1] // 2, 16, 2)
+        return shape
+
+    def _stored(self, value: torch.Tensor) -> torch.Tensor:
+        return packed_kernel.pack(value) if self.packed and value.dim() == 2 else value
 
     def kv(self) -> torch.Tensor:
         """Every page seen as a KV unit: [pages, layers, 2, heads, block_tokens, head_dim]."""
@@ -17,24 +31,25 @@ class Arena:
 
     def replicated(self, name: str) -> torch.Tensor:
         slot = self.layout.replicated[name]
-        return self.flat[slot.offset:slot.offset + slot.numel].view(slot.shape)
+        return self.flat[slot.offset:slot.offset + slot.numel].view(self._stored_shape(slot.shape))
 
     def _slab_base(self, slab: int) -> int:
         return self.layout.slab_pages_of(slab).start * self.layout.page_elems
 
     def shard(self, name: str, tp: int, rank: int) -> torch.Tensor:
-        """Rank's part of a sharded matrix: [m, *shape], one finest shard per owned slab, no copy."""
+        """Rank's part of a sharded matrix: [m, *stored shape], one finest shard per owned slab, no copy."""
         slot: Slot = self.layout.shard[name]
         groups = head_groups(self.layout.max_tp, tp, rank)
         stride = self.layout.slab_pages * self.layout.page_elems
-        inner = torch.empty(slot.shape).stride()
-        return self.flat.as_strided((len(groups), *slot.shape), (stride, *inner),
+        shape = self._stored_shape(slot.shape)
+        inner = torch.empty(shape, device="meta").stride()
+        return self.flat.as_strided((len(groups), *shape), (stride, *inner),
                                     self._slab_base(groups.start) + slot.offset)
 
     def write_slab(self, slab: int, name: str, value: torch.Tensor):
         slot = self.layout.shard[name]
         base = self._slab_base(slab) + slot.offset
-        self.flat[base:base + slot.numel].view(slot.shape).copy_(value)
+        self.flat[base:base + slot.numel].view(self._stored_shape(slot.shape)).copy_(self._stored(value))
 
     def load(self, weights: dict[str, torch.Tensor], slabs: range):
         """Write replicated weights and the finest shards of `slabs` from full HF tensors."""
@@ -42,10 +57,10 @@ class Arena:
         top, layers = group_by_layer(weights)
         if len(layers) != cfg.num_layers:
             raise ValueError(f"weights have {len(layers)} layers, config says {cfg.num_layers}")
-        self.replicated("embed").copy_(top["model.embed_tokens.weight"])
+        self.replicated("embed").copy_(self._stored(top["model.embed_tokens.weight"]))
         self.replicated("norm").copy_(top["model.norm.weight"])
         if not cfg.tie_word_embeddings:
-            self.replicated("lm_head").copy_(top["lm_head.weight"])
+            self.replicated("lm_head").copy_(self._stored(top["lm_head.weight"]))
         for i, w in enumerate(layers):
             self.replicated(f"{i}.input_norm").copy_(w["input_layernorm.weight"])
             self.replicated(f"{i}.post_norm").copy_(w["post_attention_layernorm.weight"])

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from gyges.kernels.paged_decode import decode_attention
+
 
 @dataclass
 class PrefillSeq:
@@ -102,14 +104,21 @@ def _decode(cache: torch.Tensor, meta: AttentionMeta, q: torch.Tensor, scale: fl
 
 
 def paged_attention(cache: torch.Tensor, meta: AttentionMeta, q: torch.Tensor, k: torch.Tensor,
-                    v: torch.Tensor, scale: float) -> torch.Tensor:
-    """q: [T, Hq, d]; k, v: this step's [T, Hkv, d] (already written to the cache). Returns [T, Hq * d]."""
+                    v: torch.Tensor, scale: float, kernel: bool = False) -> torch.Tensor:
+    """q: [T, Hq, d]; k, v: this step's [T, Hkv, d] (already written to the cache). Returns [T, Hq * d].
+    `kernel`: decode rows go to the C kernel (gyges/kernels/paged_decode.py)."""
     T, hq, d = q.shape
+
+    def decode(qd: torch.Tensor) -> torch.Tensor:
+        if kernel:
+            return decode_attention(cache, qd, meta.decode_tables, meta.decode_lens, meta.sliding_window, scale)
+        return _decode(cache, meta, qd, scale)
+
     if not meta.prefills:
-        return _decode(cache, meta, q, scale).view(T, hq * d)
+        return decode(q).view(T, hq * d)
     out = torch.empty_like(q)
     if len(meta.decode_rows):
-        out[meta.decode_rows] = _decode(cache, meta, q[meta.decode_rows], scale)
+        out[meta.decode_rows] = decode(q[meta.decode_rows])
     for p in meta.prefills:
         # 4-D inputs ([1, heads, len, d]): with 3-D ones the CPU falls back to the slower math kernel
         qp = q[p.start:p.start + p.q_len].transpose(0, 1)[None]

@@ -5,6 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from gyges.kernels import packed, paged_decode
 from gyges.memory.arena import Arena
 from gyges.model.attention import AttentionMeta, paged_attention, write_kv
 from gyges.model.rope import Rotary, apply_rotary
@@ -31,7 +32,12 @@ def heads_major(x: torch.Tensor) -> torch.Tensor:
 
 
 def column_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x: [T, in]; w: [m, out, in] (m finest shards) -> [m, T, out]."""
+    """x: [T, in]; w: [m, out, in] (m finest shards), or [m, out/16, in/2, 16, 2] packed -> [m, T, out]."""
+    if w.dim() == 5:
+        out = x.new_empty(w.shape[0], x.shape[0], w.shape[1] * 16)
+        for j in range(w.shape[0]):
+            packed.linear(x, w[j], None if bias is None else bias[j], out=out[j])
+        return out
     if w.shape[0] == 1:
         y = F.linear(x, w[0], None if bias is None else bias[0])
         return y.unsqueeze(0)
@@ -40,7 +46,9 @@ def column_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = 
 
 
 def row_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x: [m, T, in]; w: [m, out, in] (one input slice per finest shard) -> partial sums [T, out]."""
+    """x: [m, T, in]; w: [m, out, in] (one input slice per finest shard), or packed -> partial sums [T, out]."""
+    if w.dim() == 5:
+        return sum(packed.linear(x[j], w[j]) for j in range(w.shape[0]))
     if w.shape[0] == 1:
         return F.linear(x[0], w[0])
     return torch.bmm(x, w.transpose(1, 2)).sum(0)
@@ -54,6 +62,8 @@ class LlamaShard:
         self.rotary = Rotary(self.config, arena.pages.device)
         self.kv = arena.kv()
         self.kv_rows = self.kv.view(-1, self.config.head_dim)
+        # the C kernels come together: packed weights mean they are enabled and built
+        self.decode_kernel = arena.packed and paged_decode.usable(self.kv[:, 0], self.pad.num_heads // self.pad.max_tp)
         self.group = None
 
     def bind(self, tp: int, rank: int, group):
@@ -82,7 +92,8 @@ class LlamaShard:
         c, m, d = self.config, self.m, self.config.head_dim
         qf, kvf, inter = self.pad.q_per_shard, self.pad.kv_per_shard, self.pad.inter_per_shard
         T = batch.input_ids.shape[0]
-        x = self.embed.index_select(0, batch.input_ids)
+        ids = batch.input_ids
+        x = packed.rows(self.embed, ids) if self.arena.packed else self.embed.index_select(0, ids)
         cos, sin = self.rotary.cos_sin(batch.positions, x.dtype)
         scale = d ** -0.5
         kv_rows = batch.attention.kv_rows(self.kv.shape[1:])
@@ -92,7 +103,7 @@ class LlamaShard:
             qk = apply_rotary(qkv[:, :, :qf + kvf], cos, sin)
             q, k, v = heads_major(qk[:, :, :qf]), heads_major(qk[:, :, qf:]), heads_major(qkv[:, :, qf + kvf:])
             write_kv(self.kv_rows, kv_rows[i], k, v)
-            attn = paged_attention(self.kv[:, i], batch.attention, q, k, v, scale)
+            attn = paged_attention(self.kv[:, i], batch.attention, q, k, v, scale, self.decode_kernel)
             attn = attn.view(T, m, qf * d).transpose(0, 1)
             x = x + self._all_reduce(row_linear(attn, w["o"]))
             h = rms_norm(x, w["post_norm"], c.rms_norm_eps)
@@ -101,5 +112,7 @@ class LlamaShard:
         if not want_logits:
             return None
         h = rms_norm(x[batch.logit_rows], self.norm, c.rms_norm_eps)
+        if self.arena.packed:
+            return packed.linear(h, self.lm_head).float()
         # [V, n] seen as [n, V]: on CPU the big matrix on the left multiplies about 1.7x faster
         return torch.mm(self.lm_head, h.t()).float().t()

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from gyges.engine.batch import StepInput
 from gyges.engine.sampler import sample
+from gyges.kernels import packed
 from gyges.memory.arena import Arena
 from gyges.memory.layout import device_layout, head_groups
 from gyges.model.attention import AttentionMeta, PrefillSeq
@@ -38,6 +39,7 @@ class WorkerSpec:
     master_port: int
     threads: int
     tp: int  # TP degree at start-up; instances are aligned groups of this size
+    cpu_kernels: bool = True
 
 
 def aligned_groups(world_size: int, max_tp: int) -> list[tuple[int, int]]:
@@ -65,7 +67,7 @@ class Worker:
         self.config = load_config(Path(spec.model_path))
         dtype = DTYPES[spec.dtype]
         layout = device_layout(self.config, spec.max_tp, spec.block_tokens, dtype.itemsize, spec.memory_bytes)
-        self.arena = Arena(layout, dtype, self.device)
+        self.arena = Arena(layout, dtype, self.device, spec.cpu_kernels and packed.available(self.device, dtype))
         tp, local = spec.tp, rank % spec.tp
         self.load_weights(tp, local)
         self.model = LlamaShard(self.arena)

@@ -1,0 +1,53 @@
+"""Compile the C kernels once per source version into the user's cache and load them.
+
+They need gcc and a CPU with AVX512-BF16; where either is missing `library()` is None and the
+engine runs its PyTorch path instead.
+"""
+import ctypes
+import functools
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SOURCES = [HERE / "gemm_bf16.c", HERE / "decode_attention_bf16.c"]
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+I64, PTR = ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {
+    "gemm_bf16_packed": [PTR, I64, PTR, PTR, PTR, I64, I64, I64, I64],
+    "decode_attention_bf16": [PTR, I64, PTR, I64, I64, I64, I64, PTR, I64, I64, PTR, I64, I64, ctypes.c_float, PTR, I64],
+}
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    if not _cpu_has_bf16():
+        return None
+    digest = hashlib.sha1(" ".join(FLAGS).encode())
+    for src in SOURCES:
+        digest.update(src.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gyges"
+    lib = cache / f"kernels-{digest.hexdigest()[:12]}.so"
+    if not lib.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            out = Path(tmp) / lib.name
+            try:
+                subprocess.run(["gcc", *FLAGS, *map(str, SOURCES), "-o", str(out)], check=True, capture_output=True)
+            except (OSError, subprocess.CalledProcessError):
+                return None
+            os.replace(out, lib)  # atomic: workers that build at once all load a whole file
+    dll = ctypes.CDLL(str(lib))
+    for name, args in SIGNATURES.items():
+        fn = getattr(dll, name)
+        fn.argtypes, fn.restype = args, None
+    return dll
