@@ -59,9 +59,10 @@ def prompts(bs: int, n: int, seed: int) -> list[list[int]]:
     return torch.randint(100, 40000, (bs, n), generator=g).tolist()
 
 
-def gyges_tok_s(model: Path, batch_sizes, new_tokens, prompt_tokens, devices=1, tp=1) -> dict[str, float]:
+def gyges_tok_s(model: Path, batch_sizes, new_tokens, prompt_tokens, devices=1, tp=1,
+                cpu_kernels=True) -> dict[str, float]:
     cfg = ClusterConfig(model=str(model), devices=devices, tp=tp, max_tp=tp, dtype="bfloat16",
-                        device_memory="1536MiB", max_num_seqs=max(batch_sizes) * devices)
+                        device_memory="1536MiB", max_num_seqs=max(batch_sizes) * devices, cpu_kernels=cpu_kernels)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     out = {}
     with Cluster(cfg) as cluster:
@@ -111,7 +112,8 @@ def main():
     model = export_hf_dir()
     t0 = time.perf_counter()
     print(f"model {model} (SmolLM2-135M-Instruct, GGUF Q4_1 dequantized to bf16); {CORES} cores", flush=True)
-    results = {"gyges": gyges_tok_s(model, bs, n, p)}
+    results = {"gyges": gyges_tok_s(model, bs, n, p),
+               "gyges_pytorch": gyges_tok_s(model, bs, n, p, cpu_kernels=False)}
     print("gyges done", flush=True)
     results["transformers"] = transformers_tok_s(model, bs, n, p)
     print("transformers done", flush=True)
@@ -126,11 +128,13 @@ def main():
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
         "cores": CORES, "dtype": "bfloat16", "new_tokens": n, "prompt_tokens": p, "batch_sizes": bs,
+        "kernels": "gyges: C kernels (packed bf16 matmuls, paged decode attention); gyges_pytorch: cpu_kernels=False",
         "threads": {"gyges": f"1 worker x {CORES} torch threads; TP2: 2 workers x {max(1, CORES // 2)}",
                     "transformers": f"{CORES} torch threads", "vllm": vllm.get("threads")},
         "tok_s": results, "vllm_error": vllm.get("error"), "vllm_version": vllm.get("version"),
         "ratios": {
             "gyges_over_transformers": {b: results["gyges"][b] / results["transformers"][b] for b in results["gyges"]},
+            "kernels_over_pytorch": {b: results["gyges"][b] / results["gyges_pytorch"][b] for b in results["gyges"]},
             "gyges_over_vllm": {b: results["gyges"][b] / results["vllm"][b] for b in results["gyges"]} if results["vllm"] else None,
             "tp2_over_tp1": {b: results["gyges_tp2"][b] / results["gyges"][b] for b in results["gyges_tp2"]},
             "2xtp1_over_tp1": {b: results["gyges_2xtp1"][b] / results["gyges"][b] for b in results["gyges_2xtp1"]},
@@ -140,11 +144,13 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"\noutput tokens/s, {n} new tokens, prompts of {p}, bf16 ({report['wall_s']:.0f} s)")
-    print(f"{'batch':>6} {'gyges':>8} {'transformers':>13} {'vllm':>8} {'g/hf':>6} {'g/vllm':>7} {'tp2/tp1':>8} {'2xtp1/tp1':>10}")
+    print(f"{'batch':>6} {'gyges':>8} {'no-kernels':>10} {'transformers':>13} {'vllm':>8} {'g/hf':>6} {'g/vllm':>7} "
+          f"{'tp2/tp1':>8} {'2xtp1/tp1':>10}")
     r = report["ratios"]
     for b in map(str, bs):
         v = results["vllm"][b] if results["vllm"] else None
-        print(f"{b:>6} {results['gyges'][b]:8.1f} {results['transformers'][b]:13.1f} {v or float('nan'):8.1f} "
+        print(f"{b:>6} {results['gyges'][b]:8.1f} {results['gyges_pytorch'][b]:10.1f} {results['transformers'][b]:13.1f} "
+              f"{v or float('nan'):8.1f} "
               f"{r['gyges_over_transformers'][b]:6.2f} {(r['gyges_over_vllm'] or {}).get(b, float('nan')):7.2f} "
               f"{r['tp2_over_tp1'].get(b, float('nan')):8.2f} {r['2xtp1_over_tp1'].get(b, float('nan')):10.2f}")
     if vllm.get("error"):

@@ -12,12 +12,15 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "gemm_bf16.c", HERE / "decode_attention_bf16.c"]
+SOURCES = [HERE / "gemm_bf16.c", HERE / "decode_attention_bf16.c", HERE / "elementwise_bf16.c"]
+HEADERS = [HERE / "bf16_common.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 I64, PTR = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {
     "gemm_bf16_packed": [PTR, I64, PTR, PTR, PTR, I64, I64, I64, I64],
     "decode_attention_bf16": [PTR, I64, PTR, I64, I64, I64, I64, PTR, I64, I64, PTR, I64, I64, ctypes.c_float, PTR, I64],
+    "residual_rms_norm_bf16": [PTR, PTR, PTR, ctypes.c_float, PTR, I64, I64],
+    "silu_mul_bf16": [PTR, PTR, I64, I64],
 }
 
 
@@ -33,7 +36,7 @@ def library() -> ctypes.CDLL | None:
     if not _cpu_has_bf16():
         return None
     digest = hashlib.sha1(" ".join(FLAGS).encode())
-    for src in SOURCES:
+    for src in SOURCES + HEADERS:
         digest.update(src.read_bytes())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gyges"
     lib = cache / f"kernels-{digest.hexdigest()[:12]}.so"

@@ -1,33 +1,12 @@
-#include <immintrin.h>
-#include <stdint.h>
 #include <stdlib.h>
+
+#include "bf16_common.h"
 
 /* Decode attention straight from header-centric KV pages: bf16 in and out, fp32 inside.
 
    One task per (sequence, KV head): its query heads share each K and V row as it is read from
    the page, scores stay in fp32 (no bf16 rounding before the softmax), and nothing is gathered
    into a temporary: the page table is followed block by block. */
-
-static inline __m512 exp512(__m512 x) {
-  /* Cephes-style exp: 2^n * p(r), r = x - n ln2, |r| <= ln2 / 2; relative error about 1e-7. */
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.3f)), _mm512_set1_ps(-87.3f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-
-static inline __m512 bf16_to_f32(const uint16_t *p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
 
 #define MAX_ACC 4096 /* group * head_dim: output accumulators of one task */
 #define MAX_GROUP 64
@@ -85,7 +64,7 @@ void decode_attention_bf16(const uint16_t *q, int64_t q_stride, const uint16_t *
     for (int64_t t = start; t < len; t++) {
       const uint16_t *v = cache + table[t / block] * page_stride + kv_elems + h * head_elems + (t % block) * d;
       for (int64_t c = 0; c < d; c += 16) {
-        __m512 vc = bf16_to_f32(v + c);
+        __m512 vc = load_bf16(v + c);
         for (int64_t i = 0; i < group; i++) {
           __m512 p = _mm512_set1_ps(scores[i * n + t - start]);
           _mm512_storeu_ps(acc + i * d + c, _mm512_fmadd_ps(p, vc, _mm512_loadu_ps(acc + i * d + c)));
@@ -96,7 +75,7 @@ void decode_attention_bf16(const uint16_t *q, int64_t q_stride, const uint16_t *
     for (int64_t i = 0; i < group; i++) {
       __m512 inv = _mm512_set1_ps(1.0f / sums[i]);
       for (int64_t c = 0; c < d; c += 16)
-        _mm256_storeu_si256((__m256i *)(o + i * d + c), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(acc + i * d + c), inv)));
+        store_bf16(o + i * d + c, _mm512_mul_ps(_mm512_loadu_ps(acc + i * d + c), inv));
     }
     free(scores);
   }

@@ -1,5 +1,4 @@
-#include <immintrin.h>
-#include <stdint.h>
+#include "bf16_common.h"
 
 /* y[M, N] = x[M, K] @ W^T (+ bias): bf16 in and out, fp32 accumulation, AVX512-BF16.
 
@@ -14,8 +13,8 @@ static inline __attribute__((always_inline)) void tile(
     const uint16_t *b0, const uint16_t *b1, uint16_t *y, int64_t ldy, const int m, int64_t K2) {
   __m512 acc0[MT], acc1[MT];
   __m512 z0 = _mm512_setzero_ps(), z1 = _mm512_setzero_ps();
-  if (b0) z0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)b0)), 16));
-  if (b1 && two) z1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)b1)), 16));
+  if (b0) z0 = load_bf16(b0);
+  if (b1 && two) z1 = load_bf16(b1);
   for (int i = 0; i < m; i++) { acc0[i] = z0; acc1[i] = z1; }
   for (int64_t k = 0; k < K2; k++) {
     __m512bh wa = (__m512bh)_mm512_loadu_si512(w0 + k * 32);
@@ -34,8 +33,8 @@ static inline __attribute__((always_inline)) void tile(
     }
   }
   for (int i = 0; i < m; i++) {
-    _mm256_storeu_si256((__m256i *)(y + i * ldy), (__m256i)_mm512_cvtneps_pbh(acc0[i]));
-    if (two) _mm256_storeu_si256((__m256i *)(y + i * ldy + 16), (__m256i)_mm512_cvtneps_pbh(acc1[i]));
+    store_bf16(y + i * ldy, acc0[i]);
+    if (two) store_bf16(y + i * ldy + 16, acc1[i]);
   }
 }
 

@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from gyges.kernels import packed, paged_decode
+from gyges.kernels import fused, packed, paged_decode
 from gyges.memory.arena import Arena
 from gyges.model.attention import AttentionMeta, paged_attention, write_kv
 from gyges.model.rope import Rotary, apply_rotary
@@ -64,6 +64,7 @@ class LlamaShard:
         self.kv_rows = self.kv.view(-1, self.config.head_dim)
         # the C kernels come together: packed weights mean they are enabled and built
         self.decode_kernel = arena.packed and paged_decode.usable(self.kv[:, 0], self.pad.num_heads // self.pad.max_tp)
+        self.fused = arena.packed and fused.usable(self.config.hidden_size, self.pad.inter_per_shard)
         self.group = None
 
     def bind(self, tp: int, rank: int, group):
@@ -87,31 +88,46 @@ class LlamaShard:
             dist.all_reduce(x, group=self.group)
         return x
 
+    def _residual_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+        """x += delta in place (the residual stream), then RMSNorm(x) * weight."""
+        if self.fused:
+            return fused.residual_rms_norm(x, delta, weight, self.config.rms_norm_eps)
+        if delta is not None:
+            x.add_(delta)
+        return rms_norm(x, weight, self.config.rms_norm_eps)
+
+    def _silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return fused.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, want_logits: bool = True) -> torch.Tensor | None:
         c, m, d = self.config, self.m, self.config.head_dim
-        qf, kvf, inter = self.pad.q_per_shard, self.pad.kv_per_shard, self.pad.inter_per_shard
+        qf, kvf = self.pad.q_per_shard, self.pad.kv_per_shard
         T = batch.input_ids.shape[0]
         ids = batch.input_ids
         x = packed.rows(self.embed, ids) if self.arena.packed else self.embed.index_select(0, ids)
         cos, sin = self.rotary.cos_sin(batch.positions, x.dtype)
         scale = d ** -0.5
         kv_rows = batch.attention.kv_rows(self.kv.shape[1:])
+        delta = None  # what the last block adds to the residual stream x, added by the next norm
         for i, w in enumerate(self.layers):
-            h = rms_norm(x, w["input_norm"], c.rms_norm_eps)
+            h = self._residual_norm(x, delta, w["input_norm"])
             qkv = column_linear(h, w["qkv"], w["qkv_bias"]).view(m, T, qf + 2 * kvf, d)
             qk = apply_rotary(qkv[:, :, :qf + kvf], cos, sin)
             q, k, v = heads_major(qk[:, :, :qf]), heads_major(qk[:, :, qf:]), heads_major(qkv[:, :, qf + kvf:])
             write_kv(self.kv_rows, kv_rows[i], k, v)
             attn = paged_attention(self.kv[:, i], batch.attention, q, k, v, scale, self.decode_kernel)
             attn = attn.view(T, m, qf * d).transpose(0, 1)
-            x = x + self._all_reduce(row_linear(attn, w["o"]))
-            h = rms_norm(x, w["post_norm"], c.rms_norm_eps)
-            gate, up = column_linear(h, w["gate_up"]).split([inter, inter], dim=-1)
-            x = x + self._all_reduce(row_linear(F.silu(gate) * up, w["down"]))
+            h = self._residual_norm(x, self._all_reduce(row_linear(attn, w["o"])), w["post_norm"])
+            act = self._silu_mul(column_linear(h, w["gate_up"]))
+            delta = self._all_reduce(row_linear(act, w["down"]))
         if not want_logits:
             return None
-        h = rms_norm(x[batch.logit_rows], self.norm, c.rms_norm_eps)
+        rows = batch.logit_rows
+        h = self._residual_norm(x[rows], delta[rows], self.norm)
         if self.arena.packed:
             return packed.linear(h, self.lm_head).float()
         # [V, n] seen as [n, V]: on CPU the big matrix on the left multiplies about 1.7x faster
