@@ -1,5 +1,6 @@
 """The controller: worker processes, instances with their schedulers, and the serving loop."""
 import json
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,14 +13,15 @@ from gyges.engine.batch import build_step
 from gyges.engine.kv_pool import DevicePages, KVPool
 from gyges.engine.scheduler import ScheduledBatch, Scheduler
 from gyges.engine.sequence import SamplingParams, Sequence, Status
-from gyges.memory.layout import DeviceLayout, device_layout, units_per_block
+from gyges.kernels import shm_allreduce
+from gyges.memory.layout import ALIGN_ELEMS, DeviceLayout, device_layout, pad_to, units_per_block
 from gyges.model.config import ModelError
 from gyges.model.loader import load_config, load_tokenizer, resolve_model
 from gyges.transform import coordinator
 from gyges.transform.coordinator import TransformReport
 from gyges.transform.plan import TransformError, kv_page_order
 from gyges.worker.handle import WorkerError, WorkerHandle, recv_all, spawn_context
-from gyges.worker.worker import DTYPES, WorkerSpec
+from gyges.worker.worker import DTYPES, WorkerSpec, aligned_groups
 
 LOAD_TIMEOUT_S = 600
 MAX_RECOVERIES = 3
@@ -86,9 +88,16 @@ class Cluster:
     def _start_workers(self):
         """Spawn every worker, wait until all have loaded, and lay out the initial instances."""
         cfg = self.cfg
+        port = _free_port()
+        groups = aligned_groups(cfg.devices, cfg.max_tp)
+        prefix = f"gyges-{os.getpid()}-{port}"
+        # an all-reduce carries at most [max_batched_tokens or max_num_seqs, hidden] of fp32
+        slot_bytes = pad_to(max(cfg.max_batched_tokens, cfg.max_num_seqs) * self.model_config.hidden_size * 4,
+                            ALIGN_ELEMS)
+        shm = cfg.device_type == "cpu" and shm_allreduce.create_segments(prefix, groups, slot_bytes)
         spec = WorkerSpec(str(self.path), cfg.dtype, cfg.device_type, cfg.memory_bytes, cfg.max_tp,
-                          cfg.block_tokens, cfg.devices, _free_port(), cfg.threads_per_device, cfg.tp,
-                          cfg.cpu_kernels)
+                          cfg.block_tokens, cfg.devices, port, cfg.threads_per_device, cfg.tp,
+                          cfg.cpu_kernels, prefix if shm else None, slot_bytes)
         ctx = spawn_context()
         self.workers = [WorkerHandle(ctx, r, spec) for r in range(cfg.devices)]
         try:
@@ -96,6 +105,8 @@ class Cluster:
         except WorkerError:
             self.shutdown()
             raise
+        finally:
+            shm_allreduce.remove_segments(prefix, groups)  # the workers keep their mappings
         self.instances = [self._make_instance(list(range(s, s + cfg.tp))) for s in range(0, cfg.devices, cfg.tp)]
 
     def _make_instance(self, devices: list[int], free: dict[int, list[int]] | None = None) -> Instance:

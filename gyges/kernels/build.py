@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "gemm_bf16.c", HERE / "decode_attention_bf16.c", HERE / "elementwise_bf16.c"]
+SOURCES = [HERE / "gemm_bf16.c", HERE / "decode_attention_bf16.c", HERE / "elementwise_bf16.c", HERE / "shm_allreduce.c"]
 HEADERS = [HERE / "bf16_common.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 I64, PTR = ctypes.c_int64, ctypes.c_void_p
@@ -21,7 +21,9 @@ SIGNATURES = {
     "decode_attention_bf16": [PTR, I64, PTR, I64, I64, I64, I64, PTR, I64, I64, PTR, I64, I64, ctypes.c_float, PTR, I64],
     "residual_rms_norm_bf16": [PTR, PTR, PTR, ctypes.c_float, PTR, I64, I64],
     "silu_mul_bf16": [PTR, PTR, I64, I64],
+    "shm_all_reduce": [PTR, I64, I64, I64, I64, PTR, I64, I64, ctypes.c_double],
 }
+RESTYPES = {"shm_all_reduce": ctypes.c_int}
 
 
 def _cpu_has_bf16() -> bool:
@@ -52,5 +54,5 @@ def library() -> ctypes.CDLL | None:
     dll = ctypes.CDLL(str(lib))
     for name, args in SIGNATURES.items():
         fn = getattr(dll, name)
-        fn.argtypes, fn.restype = args, None
+        fn.argtypes, fn.restype = args, RESTYPES.get(name)
     return dll

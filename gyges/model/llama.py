@@ -67,10 +67,11 @@ class LlamaShard:
         self.fused = arena.packed and fused.usable(self.config.hidden_size, self.pad.inter_per_shard)
         self.group = None
 
-    def bind(self, tp: int, rank: int, group):
-        """Point at the shards rank `rank` owns at TP `tp`; views only, no copy."""
+    def bind(self, tp: int, rank: int, group, comm=None):
+        """Point at the shards rank `rank` owns at TP `tp`; views only, no copy. `comm`: a
+        shared-memory all-reduce for the group (used where it can), else the process group's."""
         a, c = self.arena, self.config
-        self.tp, self.rank, self.group = tp, rank, group
+        self.tp, self.rank, self.group, self.comm = tp, rank, group, comm
         self.m = a.layout.max_tp // tp
         self.layers = []
         for i in range(c.num_layers):
@@ -85,7 +86,10 @@ class LlamaShard:
 
     def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp > 1:
-            dist.all_reduce(x, group=self.group)
+            if self.comm is not None and self.comm.handles(x):
+                self.comm.all_reduce(x)
+            else:
+                dist.all_reduce(x, group=self.group)
         return x
 
     def _residual_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from gyges.engine.batch import StepInput
 from gyges.engine.sampler import sample
 from gyges.kernels import packed
+from gyges.kernels.shm_allreduce import ShmAllReduce, segment_path
 from gyges.memory.arena import Arena
 from gyges.memory.layout import device_layout, head_groups
 from gyges.model.attention import AttentionMeta, PrefillSeq
@@ -40,6 +41,8 @@ class WorkerSpec:
     threads: int
     tp: int  # TP degree at start-up; instances are aligned groups of this size
     cpu_kernels: bool = True
+    shm_prefix: str | None = None  # shared-memory all-reduce segments (gyges/kernels/shm_allreduce.py)
+    shm_slot_bytes: int = 0
 
 
 def aligned_groups(world_size: int, max_tp: int) -> list[tuple[int, int]]:
@@ -57,13 +60,16 @@ class Worker:
         self.fault: str | None = None  # set by tests (through `invoke`) to fail a transformation part-way
         self.device = torch.device(f"cuda:{rank}" if spec.device_type == "cuda" else "cpu")
         torch.set_num_threads(spec.threads)
-        self.groups = {}
+        self.groups, self.comms = {}, {}
         if spec.world_size > 1:
             backend = "nccl" if spec.device_type == "cuda" else "gloo"
             dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{spec.master_port}", rank=rank,
                                     world_size=spec.world_size, timeout=timedelta(seconds=300))
             for start, size in aligned_groups(spec.world_size, spec.max_tp):
                 self.groups[(start, size)] = dist.new_group(list(range(start, start + size)))
+                if spec.shm_prefix and start <= rank < start + size:
+                    self.comms[(start, size)] = ShmAllReduce(segment_path(spec.shm_prefix, start, size), size,
+                                                             rank - start, spec.shm_slot_bytes)
         self.config = load_config(Path(spec.model_path))
         dtype = DTYPES[spec.dtype]
         layout = device_layout(self.config, spec.max_tp, spec.block_tokens, dtype.itemsize, spec.memory_bytes)
@@ -81,7 +87,7 @@ class Worker:
 
     def bind(self, tp: int, rank: int, group_start: int):
         """Serve as rank `rank` of the TP-`tp` instance on the aligned group starting at `group_start`."""
-        self.model.bind(tp, rank, self.groups.get((group_start, tp)))
+        self.model.bind(tp, rank, self.groups.get((group_start, tp)), self.comms.get((group_start, tp)))
 
     def transform(self, kv_moves: list, weight_moves: list, tp: int, rank: int, group_start: int,
                   involved: tuple[int, int]) -> dict:

@@ -1,0 +1,77 @@
+"""The shared-memory all-reduce between real processes: the exact sum, the same bits on every rank,
+an error (not a hang) when a peer never arrives, and no segment files left behind by a cluster."""
+import multiprocessing
+import os
+
+import pytest
+import torch
+
+from gyges.cluster.cluster import Cluster
+from gyges.cluster.config import ClusterConfig
+from gyges.kernels.build import library
+from gyges.kernels.shm_allreduce import SHM_DIR, ShmAllReduce, create_segments, remove_segments, segment_path
+
+pytestmark = pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
+CASES = [(torch.float32, 37), (torch.bfloat16, 1000), (torch.bfloat16, 32 * 576), (torch.float32, 4096)]
+SLOT = 32 * 576 * 4
+
+
+def _inputs(rank: int, dtype: torch.dtype, n: int) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(rank * 1000 + n)).to(dtype)
+
+
+def _rank_main(rank: int, size: int, prefix: str, out):
+    comm = ShmAllReduce(segment_path(prefix, 0, size), size, rank, SLOT)
+    results = []
+    for _ in range(3):  # several rounds: both slot sets are reused
+        for dtype, n in CASES:
+            x = _inputs(rank, dtype, n)
+            comm.all_reduce(x)
+            results.append(x.float().numpy())
+    out.put((rank, results))
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_sum_is_exact_and_identical_on_every_rank(size):
+    prefix = f"gyges-test-{os.getpid()}"
+    assert create_segments(prefix, [(0, size)], SLOT)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_rank_main, args=(r, size, prefix, out)) for r in range(size)]
+    try:
+        for p in procs:
+            p.start()
+        results = dict(out.get(timeout=120) for _ in range(size))
+    finally:
+        for p in procs:
+            p.join(10)
+        remove_segments(prefix, [(0, size)])
+    for k, (dtype, n) in enumerate(CASES * 3):
+        exact = sum(_inputs(r, dtype, n).float() for r in range(size))  # rank order, fp32, as the kernel
+        got = torch.from_numpy(results[0][k])
+        assert torch.equal(got, exact.to(dtype).float())
+        assert all((results[r][k] == results[0][k]).all() for r in range(size))
+
+
+def test_missing_peer_raises_instead_of_hanging():
+    prefix = f"gyges-test-{os.getpid()}-alone"
+    assert create_segments(prefix, [(0, 2)], SLOT)
+    try:
+        comm = ShmAllReduce(segment_path(prefix, 0, 2), 2, 0, SLOT, timeout_s=0.2)
+        with pytest.raises(RuntimeError, match="did not arrive"):
+            comm.all_reduce(torch.ones(8))
+    finally:
+        remove_segments(prefix, [(0, 2)])
+
+
+def test_cluster_removes_its_segment_files(tiny_llama):
+    before = set(SHM_DIR.iterdir())
+    cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=2, dtype="float32", device_memory="32MiB", block_tokens=4)
+    with Cluster(cfg) as cluster:
+        assert not [p for p in set(SHM_DIR.iterdir()) - before if p.name.startswith("gyges-")]
+        assert cluster.workers[0].call("invoke", _uses_shm)
+    assert not [p for p in set(SHM_DIR.iterdir()) - before if p.name.startswith("gyges-")]
+
+
+def _uses_shm(worker) -> bool:
+    return worker.model.comm is not None
