@@ -161,6 +161,9 @@ class Cluster:
         if tr is not None and tr.done:
             self.transition = None
             self._advance_transition(tr.switch)
+        elif tr is not None:
+            # the chunk goes before the decode, so this step's tokens are not held back by it
+            self._advance_transition(tr.advance)
         launched, events = [], []
         for inst in self.instances:
             batch = inst.scheduler.schedule()
@@ -177,8 +180,6 @@ class Cluster:
         for inst, batch in launched:
             answers = recv_all([self.workers[d] for d in inst.devices])
             events += self._apply(inst, batch, *answers[0])
-        if self.transition is not None and not self.transition.done:
-            self._advance_transition(self.transition.advance)
         return events
 
     def _advance_transition(self, phase):
