@@ -19,11 +19,13 @@ def add_cluster_args(p: argparse.ArgumentParser):
     p.add_argument("--max-num-batched-tokens", dest="max_batched_tokens", type=int, default=512,
                    help="token budget of one step; longer prompts are prefilled in chunks of this size")
     p.add_argument("--threads-per-device", type=int, default=None)
+    p.add_argument("--no-cpu-kernels", dest="cpu_kernels", action="store_false",
+                   help="bf16 on CPU: use the PyTorch path instead of Gyges' C kernels (packed matmuls, paged decode)")
 
 
 def cluster_config(args) -> ClusterConfig:
     keys = ("model", "devices", "tp", "max_tp", "device_memory", "dtype", "device_type", "block_tokens",
-            "max_num_seqs", "max_batched_tokens", "threads_per_device")
+            "max_num_seqs", "max_batched_tokens", "threads_per_device", "cpu_kernels")
     return ClusterConfig(**{k: getattr(args, k) for k in keys})
 
 

@@ -94,14 +94,19 @@ class Worker:
         """This device's part of a merge or split: KV units first (they vacate pages the weights
         need), then weight slabs, then serve at the new degree. `involved`: (start, size) of the
         aligned group of every device taking part; they start together so the timings are the moves'."""
+        rss_before = reset_peak_rss()  # before the barrier: /proc I/O after it staggers the starts
         if involved[1] > 1:
             dist.barrier(group=self.groups[involved])
-        rss_before = reset_peak_rss()
         t0 = time.perf_counter()
         kv_sent = run_moves(self.arena.pages, self.rank, kv_moves)
         t1 = time.perf_counter()
         if self.fault == "transform":
             raise RuntimeError("injected fault after the KV moves")
+        if weight_moves and involved[1] > 1:
+            # weight slabs start when every device's KV is out: they would otherwise share the
+            # links with the KV still in flight, and the KV phase would not be measured alone
+            dist.barrier(group=self.groups[involved])
+            t1 = time.perf_counter()
         weight_sent = run_moves(self.arena.pages, self.rank, weight_moves)
         t2 = time.perf_counter()
         self.bind(tp, rank, group_start)
