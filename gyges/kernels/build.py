@@ -21,6 +21,7 @@ SIGNATURES = {
     "decode_attention_bf16": [PTR, I64, PTR, I64, I64, I64, I64, PTR, I64, I64, PTR, I64, I64, ctypes.c_float, PTR, I64],
     "residual_rms_norm_bf16": [PTR, PTR, PTR, ctypes.c_float, PTR, I64, I64],
     "silu_mul_bf16": [PTR, PTR, I64, I64],
+    "rope_write_kv_bf16": [PTR, I64, I64, I64, I64, I64, PTR, PTR, PTR, PTR, PTR],
     "shm_all_reduce": [PTR, I64, I64, I64, I64, PTR, I64, I64, ctypes.c_double],
 }
 RESTYPES = {"shm_all_reduce": ctypes.c_int}

@@ -29,3 +29,19 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = gate_up.new_empty(*gate_up.shape[:-1], width)
     library().silu_mul_bf16(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // (2 * width), width)
     return out
+
+
+def rope_write_kv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor,
+                  kv_rows: torch.Tensor, q_heads: int) -> torch.Tensor:
+    """Rotary on this step's q and k, k and v written into their KV rows; returns q [T, m * q_heads, d].
+
+    qkv: [m, T, q_heads + 2 * kv_heads, d] contiguous; cos, sin: rope.py's [T, 1, d]; rows: one
+    layer's [2, T * m * kv_heads] from `AttentionMeta.kv_rows`; kv_rows: the KV tensor as [rows, d].
+    Head dims must be multiples of 32."""
+    m, T, heads, d = qkv.shape
+    kv_heads = (heads - q_heads) // 2
+    q = qkv.new_empty(T, m * q_heads, d)
+    library().rope_write_kv_bf16(qkv.data_ptr(), T, m, q_heads, kv_heads, d, cos.contiguous().data_ptr(),
+                                 sin.contiguous().data_ptr(), rows.contiguous().data_ptr(), kv_rows.data_ptr(),
+                                 q.data_ptr())
+    return q

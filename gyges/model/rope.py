@@ -36,5 +36,6 @@ class Rotary:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """x: [..., T, heads, d]. HF's x * cos + rotate_half(x) * sin, with rotate_half as a roll."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
+    """x: [..., T, heads, d]. HF's x * cos + rotate_half(x) * sin (same rounding in bf16), with
+    rotate_half as a roll."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from gyges.kernels import fused
 from gyges.kernels.build import library
-from gyges.model.llama import rms_norm
+from gyges.model.llama import heads_major, rms_norm
+from gyges.model.rope import apply_rotary
 
 pytestmark = pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
 
@@ -30,3 +31,22 @@ def test_silu_mul_is_bit_exact_over_shards():
 
 def test_usable_needs_widths_of_16():
     assert fused.usable(576, 1536) and not fused.usable(576, 1540)
+
+
+@pytest.mark.parametrize("m, T, q_heads, kv_heads, d", [(1, 5, 3, 1, 64), (2, 33, 2, 1, 32), (1, 1, 9, 3, 64)])
+def test_rope_write_kv_is_bit_exact(m, T, q_heads, kv_heads, d):
+    """Rotary in HF's rounding order, and k, v landing in exactly the rows the PyTorch path writes."""
+    torch.manual_seed(T)
+    qkv = torch.randn(m, T, q_heads + 2 * kv_heads, d).bfloat16()
+    freqs = torch.randint(0, 500, (T,)).float()[:, None] / (10000 ** (torch.arange(0, d, 2).float() / d))
+    cos = torch.cat([freqs.cos(), freqs.cos()], -1)[:, None].bfloat16()
+    sin = torch.cat([-freqs.sin(), freqs.sin()], -1)[:, None].bfloat16()
+    n = T * m * kv_heads
+    kv = torch.zeros(4 * n, d).bfloat16()
+    rows = torch.randperm(4 * n)[:2 * n].view(2, n)
+    q = fused.rope_write_kv(qkv, cos, sin, rows, kv, q_heads)
+    qk = apply_rotary(qkv[:, :, :q_heads + kv_heads], cos, sin)
+    assert torch.equal(q, heads_major(qk[:, :, :q_heads]))
+    assert torch.equal(kv[rows[0]], heads_major(qk[:, :, q_heads:]).reshape(-1, d))
+    assert torch.equal(kv[rows[1]], heads_major(qkv[:, :, q_heads + kv_heads:]).reshape(-1, d))
+    assert kv.count_nonzero() == 2 * n * d - (kv[rows.flatten()] == 0).sum()  # nothing else written
