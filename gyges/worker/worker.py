@@ -70,6 +70,9 @@ class Worker:
                 if spec.shm_prefix and start <= rank < start + size:
                     self.comms[(start, size)] = ShmAllReduce(segment_path(spec.shm_prefix, start, size), size,
                                                              rank - start, spec.shm_slot_bytes)
+            for (start, size), group in self.groups.items():
+                if start <= rank < start + size:
+                    dist.barrier(group=group)  # gloo allocates on a group's first use: here, not mid-transformation
         self.config = load_config(Path(spec.model_path))
         dtype = DTYPES[spec.dtype]
         layout = device_layout(self.config, spec.max_tp, spec.block_tokens, dtype.itemsize, spec.memory_bytes)
