@@ -15,11 +15,17 @@ def _pair_bytes(moves, page_bytes: int) -> dict[tuple[int, int], int]:
     return out
 
 
+def _resident(nbytes: int) -> torch.Tensor:
+    """A buffer whose pages exist and hold data, like KV pages: a fresh `torch.empty` would be sent
+    from the kernel's shared zero page (always in cache) and received through page faults."""
+    return torch.ones(nbytes, dtype=torch.uint8)
+
+
 def send_recv_limit(worker, moves) -> float:
     """Seconds to send, as one contiguous buffer per peer, the bytes `moves` send between devices."""
     pairs = _pair_bytes(moves, worker.arena.layout.page_bytes)
     me = worker.rank
-    bufs = {k: torch.empty(n, dtype=torch.uint8) for k, n in pairs.items() if me in k}
+    bufs = {k: _resident(n) for k, n in pairs.items() if me in k}
     dist.barrier()
     t = time.perf_counter()
     ops = [dist.P2POp(dist.isend if src == me else dist.irecv, buf, dst if src == me else src)
@@ -35,7 +41,7 @@ def all_to_all_limit(worker, moves, devices: list[int]) -> float:
     me = worker.rank
     out_sizes = [pairs.get((me, d), 0) for d in devices]
     in_sizes = [pairs.get((d, me), 0) for d in devices]
-    send, recv = torch.empty(sum(out_sizes), dtype=torch.uint8), torch.empty(sum(in_sizes), dtype=torch.uint8)
+    send, recv = _resident(sum(out_sizes)), _resident(sum(in_sizes))
     group = worker.groups[(min(devices), len(devices))]
     dist.barrier()
     t = time.perf_counter()
