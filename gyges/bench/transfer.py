@@ -26,7 +26,7 @@ def send_recv_limit(worker, moves) -> float:
     pairs = _pair_bytes(moves, worker.arena.layout.page_bytes)
     me = worker.rank
     bufs = {k: _resident(n) for k, n in pairs.items() if me in k}
-    dist.barrier()
+    worker.barrier((0, worker.spec.world_size))
     t = time.perf_counter()
     ops = [dist.P2POp(dist.isend if src == me else dist.irecv, buf, dst if src == me else src)
            for (src, dst), buf in bufs.items()]
@@ -43,7 +43,7 @@ def all_to_all_limit(worker, moves, devices: list[int]) -> float:
     in_sizes = [pairs.get((d, me), 0) for d in devices]
     send, recv = _resident(sum(out_sizes)), _resident(sum(in_sizes))
     group = worker.groups[(min(devices), len(devices))]
-    dist.barrier()
+    worker.barrier((min(devices), len(devices)))
     t = time.perf_counter()
     dist.all_to_all_single(recv, send, in_sizes, out_sizes, group=group)
     return time.perf_counter() - t
@@ -67,7 +67,7 @@ def token_major_move(worker, moves) -> float:
     cache = torch.zeros(u.num_layers, 2, blocks, u.block_tokens, u.heads * max_tp, u.head_dim,
                         dtype=worker.arena.pages.dtype)
     ops, scatters, at = [], [], 0
-    dist.barrier()
+    worker.barrier((0, worker.spec.world_size))
     t = time.perf_counter()
     for i, mv in mine:
         g = i % max_tp  # which head group does not change the cost

@@ -98,24 +98,34 @@ class Worker:
         need), then weight slabs, then serve at the new degree. `involved`: (start, size) of the
         aligned group of every device taking part; they start together so the timings are the moves'."""
         rss_before = reset_peak_rss()  # before the barrier: /proc I/O after it staggers the starts
-        if involved[1] > 1:
-            dist.barrier(group=self.groups[involved])
+        self.barrier(involved)
         t0 = time.perf_counter()
         kv_sent = run_moves(self.arena.pages, self.rank, kv_moves)
         t1 = time.perf_counter()
         if self.fault == "transform":
             raise RuntimeError("injected fault after the KV moves")
-        if weight_moves and involved[1] > 1:
+        if weight_moves:
             # weight slabs start when every device's KV is out: they would otherwise share the
             # links with the KV still in flight, and the KV phase would not be measured alone
-            dist.barrier(group=self.groups[involved])
-            t1 = time.perf_counter()
-        weight_sent = run_moves(self.arena.pages, self.rank, weight_moves)
+            self.barrier(involved)
         t2 = time.perf_counter()
+        weight_sent = run_moves(self.arena.pages, self.rank, weight_moves)
+        t3 = time.perf_counter()
         self.bind(tp, rank, group_start)
         peak = peak_rss()
-        return {"kv_bytes_sent": kv_sent, "kv_s": t1 - t0, "weight_bytes_sent": weight_sent, "weight_s": t2 - t1,
+        return {"kv_bytes_sent": kv_sent, "kv_s": t1 - t0, "weight_bytes_sent": weight_sent, "weight_s": t3 - t2,
                 "peak_extra_bytes": None if rss_before is None or peak is None else max(0, peak - rss_before)}
+
+    def barrier(self, group: tuple[int, int]):
+        """Wait for every device of the aligned group (start, size) (or of the world when (0, world
+        size) is not one). Through shared memory where the group has it: gloo's barrier lets ranks
+        leave milliseconds apart on a busy host."""
+        if group[1] < 2:
+            return
+        if group in self.comms:
+            self.comms[group].all_reduce(torch.zeros(1))
+        else:
+            dist.barrier(group=self.groups.get(group))
 
     def _tensor(self, a) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device)
