@@ -15,17 +15,29 @@ def _pair_bytes(moves, page_bytes: int) -> dict[tuple[int, int], int]:
     return out
 
 
+EVICT_BYTES = 64 << 20  # twice this machine's last-level cache
+
+
 def _resident(nbytes: int) -> torch.Tensor:
     """A buffer whose pages exist and hold data, like KV pages: a fresh `torch.empty` would be sent
     from the kernel's shared zero page (always in cache) and received through page faults."""
     return torch.ones(nbytes, dtype=torch.uint8)
 
 
-def send_recv_limit(worker, moves) -> float:
-    """Seconds to send, as one contiguous buffer per peer, the bytes `moves` send between devices."""
+def _evict_caches():
+    """Push freshly filled buffers out of the caches: a transformation's KV pages are cold, the
+    decode steps before it stream the weights through the caches."""
+    torch.ones(EVICT_BYTES, dtype=torch.uint8).add_(1)
+
+
+def send_recv_limit(worker, moves, cold: bool = True) -> float:
+    """Seconds to send, as one contiguous buffer per peer, the bytes `moves` send between devices;
+    `cold`: from and into memory that is not in the caches, as a transformation's KV is."""
     pairs = _pair_bytes(moves, worker.arena.layout.page_bytes)
     me = worker.rank
     bufs = {k: _resident(n) for k, n in pairs.items() if me in k}
+    if cold:
+        _evict_caches()
     worker.barrier((0, worker.spec.world_size))
     t = time.perf_counter()
     ops = [dist.P2POp(dist.isend if src == me else dist.irecv, buf, dst if src == me else src)
@@ -35,13 +47,15 @@ def send_recv_limit(worker, moves) -> float:
     return time.perf_counter() - t
 
 
-def all_to_all_limit(worker, moves, devices: list[int]) -> float:
-    """Seconds for all_to_all_single over `devices` moving the same bytes per pair."""
+def all_to_all_limit(worker, moves, devices: list[int], cold: bool = True) -> float:
+    """Seconds for all_to_all_single over `devices` moving the same bytes per pair (`cold` as above)."""
     pairs = _pair_bytes(moves, worker.arena.layout.page_bytes)
     me = worker.rank
     out_sizes = [pairs.get((me, d), 0) for d in devices]
     in_sizes = [pairs.get((d, me), 0) for d in devices]
     send, recv = _resident(sum(out_sizes)), _resident(sum(in_sizes))
+    if cold:
+        _evict_caches()
     group = worker.groups[(min(devices), len(devices))]
     worker.barrier((min(devices), len(devices)))
     t = time.perf_counter()
