@@ -21,12 +21,6 @@ def pack(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(n // 16, 16, k // 2, 2).permute(0, 2, 1, 3).contiguous()
 
 
-def unpack(p: torch.Tensor) -> torch.Tensor:
-    """[N/16, K/2, 16, 2] -> [N, K]."""
-    nb, k2 = p.shape[:2]
-    return p.permute(0, 2, 1, 3).reshape(nb * 16, k2 * 2)
-
-
 def rows(p: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Rows `ids` of the packed matrix as [len(ids), K]: an embedding lookup."""
     return p[ids // 16, :, ids % 16].reshape(len(ids), -1)

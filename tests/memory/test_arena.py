@@ -3,6 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from gyges.kernels import packed
 from gyges.memory.arena import Arena
 from gyges.memory.layout import device_layout
 from gyges.memory.weights import pad_rows
@@ -48,3 +49,22 @@ def test_kv_view_is_the_arena(padded_model):
     kv[7, 2, 1, 0, 3] = 5.0
     assert arena.pages[7].view(lay.unit.shape)[2, 1, 0, 3].eq(5.0).all()
     assert kv.data_ptr() == arena.pages.data_ptr()
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_packed_arena_holds_the_same_shards(padded_model, tp):
+    """Packing reorders each matrix inside its slot: same pages, same shards, same values."""
+    config, weights = padded_model
+    lay = device_layout(config, 4, 4, 2, 8 * 2**20)
+    plain, pack = (Arena(lay, torch.bfloat16, torch.device("cpu"), p) for p in (False, True))
+    for arena in (plain, pack):
+        arena.load({k: v.bfloat16() for k, v in weights.items()}, range(4))
+    assert pack.packed and not plain.packed
+    for rank in range(tp):
+        for name in ("1.qkv", "1.o", "1.gate_up", "1.down"):
+            want, got = plain.shard(name, tp, rank), pack.shard(name, tp, rank)
+            assert got.data_ptr() - pack.pages.data_ptr() == want.data_ptr() - plain.pages.data_ptr()  # same slot
+            for j in range(len(want)):
+                assert torch.equal(packed.rows(got[j], torch.arange(want.shape[1])), want[j])
+    vocab = torch.arange(config.vocab_size)
+    assert torch.equal(packed.rows(pack.replicated("embed"), vocab), plain.replicated("embed"))
