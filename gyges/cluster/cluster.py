@@ -113,7 +113,7 @@ class Cluster:
         """An instance on `devices` (rank order); `free`: each device's free KV pages (default: all)."""
         tp = len(devices)
         pages = [DevicePages(kv_page_order(self.layout, self.layout.free_pages(tp, r) if free is None else free[d]),
-                             len(self.layout.free_pages(tp, r))) for r, d in enumerate(devices)]
+                             self.layout.kv_capacity(tp)) for r, d in enumerate(devices)]
         pool = KVPool(pages, self.cfg.max_tp, self.cfg.block_tokens)
         return Instance(devices, Scheduler(pool, self.cfg.max_num_seqs, self.cfg.max_batched_tokens))
 

@@ -123,7 +123,11 @@ class DeviceLayout:
     def free_pages(self, tp: int, rank: int) -> list[int]:
         """Pages not holding this rank's weights: the KV pool."""
         owned = self.weight_pages(tp, rank)
-        return [p for p in range(self.replicated_pages, self.num_pages) if p not in owned]
+        return [*range(self.replicated_pages, owned.start), *range(owned.stop, self.num_pages)]
+
+    def kv_capacity(self, tp: int) -> int:
+        """How many pages `free_pages` gives any rank at TP `tp`."""
+        return self.num_pages - self.min_pages(tp)
 
     def min_pages(self, tp: int) -> int:
         return self.replicated_pages + self.slab_pages * units_per_block(self.max_tp, tp)

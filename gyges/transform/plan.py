@@ -66,8 +66,9 @@ def coalesce(moves: list[Move]) -> list[Move]:
 def kv_page_order(layout: DeviceLayout, pages) -> list[int]:
     """Pages in the order KV should take them: outside the weight slabs first (a later split needs
     those back, and a merge's freed slabs cannot be pre-copied into), lowest first so runs coalesce."""
-    weights = range(layout.replicated_pages, layout.min_pages(1))
-    return sorted(pages, key=lambda p: (p in weights, p))
+    lo, hi = layout.replicated_pages, layout.min_pages(1)  # the weight slabs
+    ordered = sorted(pages)
+    return [p for p in ordered if not lo <= p < hi] + [p for p in ordered if lo <= p < hi]
 
 
 class _Pools:

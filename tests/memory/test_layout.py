@@ -33,7 +33,8 @@ def test_weight_and_kv_ranges_are_contiguous_for_every_tp_and_rank(max_tp):
             assert pages == range(lay.slab_pages_of(groups.start).start, lay.slab_pages_of(groups.stop - 1).stop)
             free = lay.free_pages(tp, rank)
             assert not set(free) & set(pages) and not set(free) & set(range(lay.replicated_pages))
-            assert len(free) + len(pages) + lay.replicated_pages == lay.num_pages
+            assert len(free) + len(pages) + lay.replicated_pages == lay.num_pages == len(free) + lay.min_pages(tp)
+            assert len(free) == lay.kv_capacity(tp) and free == sorted(set(free))
         # the ranks of an instance together hold every slab exactly once
         assert set().union(*owned) == set(range(lay.replicated_pages, lay.replicated_pages + max_tp * lay.slab_pages))
         assert sum(map(len, owned)) == max_tp * lay.slab_pages
