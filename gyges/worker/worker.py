@@ -104,10 +104,10 @@ class Worker:
         t1 = time.perf_counter()
         if self.fault == "transform":
             raise RuntimeError("injected fault after the KV moves")
-        if weight_moves:
-            # weight slabs start when every device's KV is out: they would otherwise share the
-            # links with the KV still in flight, and the KV phase would not be measured alone
-            self.barrier(involved)
+        # weight slabs start when every device's KV is out: they would otherwise share the links
+        # with the KV still in flight, and the KV phase would not be measured alone. Every device
+        # takes this barrier, weight moves of its own or not (its peers cannot know).
+        self.barrier(involved)
         t2 = time.perf_counter()
         weight_sent = run_moves(self.arena.pages, self.rank, weight_moves)
         t3 = time.perf_counter()

@@ -8,9 +8,11 @@ from gyges.cluster.config import ClusterConfig
 from gyges.engine.sequence import SamplingParams
 from gyges.memory.layout import device_layout
 from gyges.model.config import ModelConfig
-from gyges.transform.plan import TransformError
+from gyges.transform.plan import Move, TransformError
+from gyges.worker.handle import recv_all
 from tests.reference import check_against_reference
 
+TINY_PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [100, 200], list(range(3, 23))]
 # process overhead a transformation may add outside the arena (gloo's first connection, Python objects)
 RSS_SLACK = 1 << 20
 
@@ -140,4 +142,20 @@ def test_a_transformation_failing_part_way_requeues_requests_and_they_complete_c
             c.step()
         outs = outputs(c, seqs)
     assert all(len(o.token_ids) == 20 for o in outs)
+    check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
+
+
+def test_every_device_takes_the_phase_barrier_even_without_weight_moves_of_its_own(tiny_llama):
+    """After a pre-copy, a switch may leave weight slabs to fetch for some devices only; the ones
+    with none must still meet the others between the KV and weight phases, or those wait forever."""
+    cfg = ClusterConfig(model=str(tiny_llama), devices=4, tp=4, max_tp=4, dtype="float32", device_memory="32MiB",
+                        block_tokens=4)
+    with Cluster(cfg, record_logits=True) as c:
+        slab0 = c.layout.slab_pages_of(0)  # held by device 0; free KV pages on device 1 at TP4, nothing in them
+        fetch = (0, Move(0, 1, slab0.start, slab0.start, len(slab0)))
+        for d, w in enumerate(c.workers):
+            w.send("transform", [], [fetch] if d in (0, 1) else [], 4, d, 0, (0, 4))
+        stats = recv_all(c.workers, timeout=60)
+        assert stats[1]["weight_bytes_sent"] == 0 and stats[0]["weight_bytes_sent"] == len(slab0) * c.layout.page_bytes
+        outs = c.generate(TINY_PROMPTS, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
