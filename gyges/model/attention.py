@@ -6,6 +6,7 @@ heads as [heads, blocks, block_tokens, head_dim], so the common case of one KV h
 needs no reordering before the attention kernel.
 """
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +32,15 @@ class AttentionMeta:
     prefills: list[PrefillSeq]
     block_tokens: int
     sliding_window: int | None = None
-    decode_hidden: torch.Tensor = field(init=False)  # [nd, 1, 1, S]: positions a decode query must not see
-    _cache: dict = field(init=False, repr=False)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
 
-    def __post_init__(self):
-        """The decode mask is the same for every layer: build it once per step."""
+    @cached_property
+    def decode_hidden(self) -> torch.Tensor:
+        """[nd, 1, 1, S]: positions a decode query must not see. The same for every layer, so built
+        once per step, and only by the PyTorch path (the C kernel reads the lengths)."""
         pos = torch.arange(self.decode_tables.shape[-1] * self.block_tokens, device=self.decode_lens.device)
         visible = _window_mask((self.decode_lens - 1)[:, None], pos[None, :], self.sliding_window)
-        self.decode_hidden = ~visible[:, None, None, :]
-        self._cache = {}
+        return ~visible[:, None, None, :]
 
     def decode_bias(self, kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
         """[nd * kv_heads, 1, S]: 0 where a decode query may look, -inf elsewhere; added to the scores."""
