@@ -36,7 +36,7 @@ def rope_write_kv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows:
     """Rotary on this step's q and k, k and v written into their KV rows; returns q [T, m * q_heads, d].
 
     qkv: [m, T, q_heads + 2 * kv_heads, d] contiguous; cos, sin: rope.py's [T, 1, d]; rows: one
-    layer's [2, T * m * kv_heads] from `AttentionMeta.kv_rows`; kv_rows: the KV tensor as [rows, d].
+    layer's [2, T * m * kv_heads] from `AttentionMeta.slot_rows`; kv_rows: the KV tensor as [rows, d].
     Head dims must be multiples of 32."""
     m, T, heads, d = qkv.shape
     kv_heads = (heads - q_heads) // 2

@@ -51,7 +51,7 @@ class AttentionMeta:
             self._cache[key] = bias.masked_fill_(self.decode_hidden, float("-inf")).view(nd * kv_heads, 1, S)
         return self._cache[key]
 
-    def kv_rows(self, unit_shape: tuple[int, ...]) -> torch.Tensor:
+    def slot_rows(self, unit_shape: tuple[int, ...]) -> torch.Tensor:
         """[layers, 2, T * m * heads]: for every layer, the head_dim-long row of the whole KV tensor
         (seen as [pages * layers * 2 * heads * block_tokens, head_dim]) each new K and V row goes to."""
         if "rows" not in self._cache:
@@ -66,7 +66,7 @@ class AttentionMeta:
 
 def write_kv(kv_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """kv_rows: the whole KV tensor as [rows, head_dim]; rows: one layer's [2, T * m * heads] from
-    `AttentionMeta.kv_rows`; k, v: [T, m * heads, head_dim]."""
+    `AttentionMeta.slot_rows`; k, v: [T, m * heads, head_dim]."""
     d = k.shape[-1]
     kv_rows.index_copy_(0, rows[0], k.reshape(-1, d))
     kv_rows.index_copy_(0, rows[1], v.reshape(-1, d))

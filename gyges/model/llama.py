@@ -115,17 +115,17 @@ class LlamaShard:
         x = packed.rows(self.embed, ids) if self.arena.packed else self.embed.index_select(0, ids)
         cos, sin = self.rotary.cos_sin(batch.positions, x.dtype)
         scale = d ** -0.5
-        kv_rows = batch.attention.kv_rows(self.kv.shape[1:])
+        slot_rows = batch.attention.slot_rows(self.kv.shape[1:])  # where this step's K and V go
         delta = None  # what the last block adds to the residual stream x, added by the next norm
         for i, w in enumerate(self.layers):
             h = self._residual_norm(x, delta, w["input_norm"])
             qkv = column_linear(h, w["qkv"], w["qkv_bias"]).view(m, T, qf + 2 * kvf, d)
             if self.decode_kernel and not batch.attention.prefills:  # prefill attends to this step's k, v
-                q, k, v = fused.rope_write_kv(qkv, cos, sin, kv_rows[i], self.kv_rows, qf), None, None
+                q, k, v = fused.rope_write_kv(qkv, cos, sin, slot_rows[i], self.kv_rows, qf), None, None
             else:
                 qk = apply_rotary(qkv[:, :, :qf + kvf], cos, sin)
                 q, k, v = heads_major(qk[:, :, :qf]), heads_major(qk[:, :, qf:]), heads_major(qkv[:, :, qf + kvf:])
-                write_kv(self.kv_rows, kv_rows[i], k, v)
+                write_kv(self.kv_rows, slot_rows[i], k, v)
             attn = paged_attention(self.kv[:, i], batch.attention, q, k, v, scale, self.decode_kernel)
             attn = attn.view(T, m, qf * d).transpose(0, 1)
             h = self._residual_norm(x, self._all_reduce(row_linear(attn, w["o"])), w["post_norm"])
