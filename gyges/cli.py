@@ -21,11 +21,14 @@ def add_cluster_args(p: argparse.ArgumentParser):
     p.add_argument("--threads-per-device", type=int, default=None)
     p.add_argument("--no-cpu-kernels", dest="cpu_kernels", action="store_false",
                    help="bf16 on CPU: use the PyTorch path instead of Gyges' C kernels (packed matmuls, paged decode)")
+    p.add_argument("--no-peer-reads", dest="peer_reads", action="store_false",
+                   help="CPU: move KV and weights between workers with gloo send/recv instead of reading "
+                        "each other's memory (Linux process_vm_readv)")
 
 
 def cluster_config(args) -> ClusterConfig:
     keys = ("model", "devices", "tp", "max_tp", "device_memory", "dtype", "device_type", "block_tokens",
-            "max_num_seqs", "max_batched_tokens", "threads_per_device", "cpu_kernels")
+            "max_num_seqs", "max_batched_tokens", "threads_per_device", "cpu_kernels", "peer_reads")
     return ClusterConfig(**{k: getattr(args, k) for k in keys})
 
 

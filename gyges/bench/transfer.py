@@ -6,6 +6,9 @@ import time
 import torch
 import torch.distributed as dist
 
+from gyges.transform import peer_reads
+from gyges.transform.peer_reads import Run
+
 
 def _pair_bytes(moves, page_bytes: int) -> dict[tuple[int, int], int]:
     out = {}
@@ -63,6 +66,34 @@ def all_to_all_limit(worker, moves, devices: list[int], cold: bool = True) -> fl
     return time.perf_counter() - t
 
 
+def _everyone(worker, value) -> list:
+    out = [None] * worker.spec.world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def peer_read_limit(worker, moves, cold: bool = True) -> float | None:
+    """Seconds for every device to read, as one contiguous run per peer, the bytes `moves` bring it
+    straight from the peers' memory (`cold` as above); None where the workers cannot read each other."""
+    if worker.peers is None:
+        return None
+    pairs = _pair_bytes(moves, worker.arena.layout.page_bytes)
+    me = worker.rank
+    outgoing = {k: _resident(n) for k, n in pairs.items() if k[0] == me}
+    incoming = {k: _resident(n) for k, n in pairs.items() if k[1] == me}
+    where = _everyone(worker, {k: b.data_ptr() for k, b in outgoing.items()})
+    if cold:
+        _evict_caches()
+    world = (0, worker.spec.world_size)
+    worker.barrier(world)
+    t = time.perf_counter()
+    for (src, dst), buf in incoming.items():
+        peer_reads.read(worker.peers.pids[src], [Run(buf.data_ptr(), where[src][(src, dst)], buf.numel())])
+    elapsed = time.perf_counter() - t
+    worker.barrier(world)  # the sources stay until every reader is done
+    return elapsed
+
+
 def memcpy_limit(worker, nbytes: int) -> float:
     src, dst = torch.empty(nbytes, dtype=torch.uint8), torch.empty(nbytes, dtype=torch.uint8)
     t = time.perf_counter()
@@ -72,7 +103,8 @@ def memcpy_limit(worker, nbytes: int) -> float:
 
 def token_major_move(worker, moves) -> float:
     """The same units moved in vLLM's layout: per layer [blocks, block_tokens, heads, head_dim], so a
-    head group of a block is strided; gather it into a buffer, send, scatter at the receiver."""
+    head group of a block is strided; gather it into a buffer, move that buffer by the transport the
+    transformation uses (a peer read, or gloo send/recv), scatter at the receiver."""
     lay = worker.arena.layout
     u = lay.unit
     me, max_tp = worker.rank, lay.max_tp
@@ -80,25 +112,33 @@ def token_major_move(worker, moves) -> float:
     blocks = sum(mv.count for _, mv in mine) or 1  # this device's blocks, numbered in plan order
     cache = torch.zeros(u.num_layers, 2, blocks, u.block_tokens, u.heads * max_tp, u.head_dim,
                         dtype=worker.arena.pages.dtype)
-    ops, scatters, at = [], [], 0
-    worker.barrier((0, worker.spec.world_size))
-    t = time.perf_counter()
+    gathers, scatters, at = [], [], 0
     for i, mv in mine:
         g = i % max_tp  # which head group does not change the cost
         hs = slice(g * u.heads, (g + 1) * u.heads)
-        if mv.src == me:
-            buf = cache[:, :, at:at + mv.count, :, hs].contiguous()
-            ops.append(dist.P2POp(dist.isend, buf, mv.dst, tag=i))
-        else:
-            buf = torch.empty(u.num_layers, 2, mv.count, u.block_tokens, u.heads, u.head_dim, dtype=cache.dtype)
-            ops.append(dist.P2POp(dist.irecv, buf, mv.src, tag=i))
-            scatters.append((buf, at, mv.count, hs))
+        buf = torch.empty(u.num_layers, 2, mv.count, u.block_tokens, u.heads, u.head_dim, dtype=cache.dtype)
+        (gathers if mv.src == me else scatters).append((i, mv, buf, cache[:, :, at:at + mv.count, :, hs]))
         at += mv.count
-    for req in (dist.batch_isend_irecv(ops) if ops else []):
-        req.wait()
-    for buf, at, count, hs in scatters:
-        cache[:, :, at:at + count, :, hs] = buf
-    return time.perf_counter() - t
+    world = (0, worker.spec.world_size)
+    where = _everyone(worker, {i: buf.data_ptr() for i, _, buf, _ in gathers}) if worker.peers else None
+    worker.barrier(world)
+    t = time.perf_counter()
+    for _, _, buf, view in gathers:
+        buf.copy_(view)
+    if where is not None:
+        worker.barrier(world)  # gathered everywhere before anyone reads
+        for i, mv, buf, _ in scatters:
+            peer_reads.read(worker.peers.pids[mv.src], [Run(buf.data_ptr(), where[mv.src][i], buf.nbytes)])
+    else:
+        ops = [dist.P2POp(dist.isend, buf, mv.dst, tag=i) for i, mv, buf, _ in gathers]
+        ops += [dist.P2POp(dist.irecv, buf, mv.src, tag=i) for i, mv, buf, _ in scatters]
+        for req in (dist.batch_isend_irecv(ops) if ops else []):
+            req.wait()
+    for _, _, buf, view in scatters:
+        view.copy_(buf)
+    elapsed = time.perf_counter() - t
+    worker.barrier(world)  # the sources stay until every reader is done
+    return elapsed
 
 
 def reload_from_disk(worker, tp: int, rank: int) -> float:

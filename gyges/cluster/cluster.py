@@ -97,11 +97,11 @@ class Cluster:
         shm = cfg.device_type == "cpu" and shm_allreduce.create_segments(prefix, groups, slot_bytes)
         spec = WorkerSpec(str(self.path), cfg.dtype, cfg.device_type, cfg.memory_bytes, cfg.max_tp,
                           cfg.block_tokens, cfg.devices, port, cfg.threads_per_device, cfg.tp,
-                          cfg.cpu_kernels, prefix if shm else None, slot_bytes)
+                          cfg.cpu_kernels, prefix if shm else None, slot_bytes, cfg.peer_reads)
         ctx = spawn_context()
         self.workers = [WorkerHandle(ctx, r, spec) for r in range(cfg.devices)]
         try:
-            recv_all(self.workers, timeout=LOAD_TIMEOUT_S)
+            self.worker_info = recv_all(self.workers, timeout=LOAD_TIMEOUT_S)
         except WorkerError:
             self.shutdown()
             raise

@@ -33,6 +33,7 @@ class ClusterConfig:
     max_batched_tokens: int = 512
     threads_per_device: int | None = None
     cpu_kernels: bool = True  # bf16 on CPUs with AVX512-BF16: packed matmuls and paged decode in C (gyges/kernels)
+    peer_reads: bool = True  # CPU: transformations read peers' arenas directly instead of gloo send/recv
 
     def __post_init__(self):
         if self.devices < 1:

@@ -1,30 +1,42 @@
-"""A device's part of a plan: send and receive page runs in place, arena to arena.
+"""A device's part of a plan: move page runs in place, arena to arena.
 
 Each move is a run of consecutive pages on both sides, so it is one contiguous tensor view: no
-packing buffer, no memory beyond the arena. Every operation carries its move's index in the plan
-as tag, so the two ends pair up whatever order they post in; both post the longest runs first,
-which keeps every link busy while the short runs fill in (about 10% faster here than plan order).
+packing buffer, no memory beyond the arena. With `peers` (a CPU host where processes may read
+each other, see peer_reads.py) every destination reads its runs straight out of the source's
+arena. Otherwise every operation carries its move's index in the plan as tag, so the two ends
+pair up whatever order they post in; both post the longest runs first, which keeps every link
+busy while the short runs fill in (about 10% faster here than plan order).
 """
 import torch
 import torch.distributed as dist
 
+from gyges.transform import peer_reads
+from gyges.transform.peer_reads import PeerArenas
 from gyges.transform.plan import Move
 
 
-def run_moves(pages: torch.Tensor, device: int, moves: list[tuple[int, Move]]) -> int:
-    """Execute the moves (tagged by plan index) that start or end on `device`; returns bytes sent."""
-    ops, local, sent = [], [], 0
+def run_moves(pages: torch.Tensor, device: int, moves: list[tuple[int, Move]], peers: PeerArenas | None = None) -> int:
+    """Execute the moves (tagged by plan index) that start or end on `device`; returns the bytes
+    that leave it. With `peers`, the sources' bytes must stay as they are until every device is done."""
+    page_bytes = pages.stride(0) * pages.element_size()
+    ops, local, pulls, sent = [], [], {}, 0
     for tag, mv in sorted(moves, key=lambda x: -x[1].count):
         src = pages[mv.src_page:mv.src_page + mv.count]
         dst = pages[mv.dst_page:mv.dst_page + mv.count]
         if mv.src == mv.dst == device:
             local.append((dst, src))
         elif mv.src == device:
-            ops.append(dist.P2POp(dist.isend, src, mv.dst, tag=tag))
-            sent += src.numel() * src.element_size()
+            sent += mv.count * page_bytes
+            if peers is None:
+                ops.append(dist.P2POp(dist.isend, src, mv.dst, tag=tag))
+        elif mv.dst == device and peers is not None:
+            run = peer_reads.Run(dst.data_ptr(), peers.page_address(mv.src, mv.src_page), mv.count * page_bytes)
+            pulls.setdefault(mv.src, []).append(run)
         elif mv.dst == device:
             ops.append(dist.P2POp(dist.irecv, dst, mv.src, tag=tag))
     reqs = dist.batch_isend_irecv(ops) if ops else []
+    for src, runs in pulls.items():
+        peer_reads.read(peers.pids[src], runs)
     for dst, src in local:  # while the transfers run: destinations are pages free before the plan
         dst.copy_(src)
     for req in reqs:

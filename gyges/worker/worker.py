@@ -22,7 +22,9 @@ from gyges.memory.layout import device_layout, head_groups
 from gyges.model.attention import AttentionMeta, PrefillSeq
 from gyges.model.llama import ForwardBatch, LlamaShard
 from gyges.model.loader import iter_weights, load_config
+from gyges.transform import peer_reads
 from gyges.transform.execute import run_moves
+from gyges.transform.peer_reads import PeerArenas
 from gyges.worker.rss import peak_rss, reset_peak_rss
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -43,6 +45,7 @@ class WorkerSpec:
     cpu_kernels: bool = True
     shm_prefix: str | None = None  # shared-memory all-reduce segments (gyges/kernels/shm_allreduce.py)
     shm_slot_bytes: int = 0
+    peer_reads: bool = True  # CPU: moves read peers' arenas directly (gyges/transform/peer_reads.py)
 
 
 def aligned_groups(world_size: int, max_tp: int) -> list[tuple[int, int]]:
@@ -77,10 +80,23 @@ class Worker:
         dtype = DTYPES[spec.dtype]
         layout = device_layout(self.config, spec.max_tp, spec.block_tokens, dtype.itemsize, spec.memory_bytes)
         self.arena = Arena(layout, dtype, self.device, spec.cpu_kernels and packed.available(self.device, dtype))
+        self.peers = self._peer_arenas() if spec.peer_reads and spec.device_type == "cpu" and spec.world_size > 1 else None
         tp, local = spec.tp, rank % spec.tp
         self.load_weights(tp, local)
         self.model = LlamaShard(self.arena)
         self.bind(tp, local, rank - local)
+
+    def _peer_arenas(self) -> PeerArenas | None:
+        """Every device's arena address, if every device may read every other's (the kernel may
+        forbid it); all devices agree, since a move's source does nothing when its destination reads."""
+        pages = self.arena.pages
+        everyone = [None] * self.spec.world_size
+        dist.all_gather_object(everyone, (os.getpid(), pages.data_ptr()))
+        stride = pages.stride(0) * pages.element_size()
+        ok = all(peer_reads.can_read(pid, base, stride) for r, (pid, base) in enumerate(everyone) if r != self.rank)
+        agreed = torch.tensor([int(ok)])
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        return PeerArenas([p for p, _ in everyone], [b for _, b in everyone], stride) if agreed.item() else None
 
     def load_weights(self, tp: int, rank: int):
         """Read the model from disk and write rank `rank`'s shard at TP `tp` into the arena."""
@@ -100,7 +116,7 @@ class Worker:
         rss_before = reset_peak_rss()  # before the barrier: /proc I/O after it staggers the starts
         self.barrier(involved)
         t0 = time.perf_counter()
-        kv_sent = run_moves(self.arena.pages, self.rank, kv_moves)
+        kv_sent = run_moves(self.arena.pages, self.rank, kv_moves, self.peers)
         t1 = time.perf_counter()
         if self.fault == "transform":
             raise RuntimeError("injected fault after the KV moves")
@@ -109,8 +125,9 @@ class Worker:
         # takes this barrier, weight moves of its own or not (its peers cannot know).
         self.barrier(involved)
         t2 = time.perf_counter()
-        weight_sent = run_moves(self.arena.pages, self.rank, weight_moves)
+        weight_sent = run_moves(self.arena.pages, self.rank, weight_moves, self.peers)
         t3 = time.perf_counter()
+        self.barrier(involved)  # peers may still be reading this device's pages; a step would overwrite them
         self.bind(tp, rank, group_start)
         peak = peak_rss()
         return {"kv_bytes_sent": kv_sent, "kv_s": t1 - t0, "weight_bytes_sent": weight_sent, "weight_s": t3 - t2,
@@ -149,7 +166,7 @@ class Worker:
 
     def copy_pages(self, moves: list) -> int:
         """Pre-copy: move page runs while still serving at the current degree."""
-        return run_moves(self.arena.pages, self.rank, moves)
+        return run_moves(self.arena.pages, self.rank, moves, self.peers)
 
     def invoke(self, fn, *args):
         """Run a module-level `fn(worker, *args)` here: how benchmarks measure alternatives in place."""
@@ -157,7 +174,8 @@ class Worker:
 
     def info(self) -> dict:
         lay = self.arena.layout
-        return {"num_pages": lay.num_pages, "page_bytes": lay.page_bytes, "pid": os.getpid()}
+        return {"num_pages": lay.num_pages, "page_bytes": lay.page_bytes, "pid": os.getpid(),
+                "peer_reads": self.peers is not None}
 
 
 def worker_main(rank: int, spec: WorkerSpec, conn):

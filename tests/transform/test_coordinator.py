@@ -11,6 +11,7 @@ from gyges.model.config import ModelConfig
 from gyges.transform.plan import Move, TransformError
 from gyges.worker.handle import recv_all
 from tests.reference import check_against_reference
+from tests.transform.test_peer_reads import yama_forbids
 
 TINY_PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [100, 200], list(range(3, 23))]
 # process overhead a transformation may add outside the arena (gloo's first connection, Python objects)
@@ -21,14 +22,16 @@ def outputs(cluster, seqs):
     return [Output(s.prompt_ids, s.output_ids, "", s.finish_reason, s.error, cluster.logits.get(s.id, [])) for s in seqs]
 
 
-def test_merge_to_tp2_and_tp4_then_split_back_while_requests_decode(tiny_llama):
+@pytest.mark.parametrize("peer_reads", [True, False], ids=["peer-reads", "gloo"])
+def test_merge_to_tp2_and_tp4_then_split_back_while_requests_decode(tiny_llama, peer_reads):
     prompts = [[(i * 13 + j * 7) % 500 + 3 for j in range(5 + i * 9)] for i in range(8)]  # 5 to 68 tokens
     cfg = ClusterConfig(model=str(tiny_llama), devices=4, tp=1, max_tp=4, dtype="float32", device_memory="32MiB",
-                        block_tokens=4, max_batched_tokens=32)
+                        block_tokens=4, max_batched_tokens=32, peer_reads=peer_reads)
     schedule = {3: ("merge", [0, 1]), 6: ("merge", [2, 3]), 9: ("merge", [0, 1, 2, 3]),
                 13: ("split", 0), 17: ("split", 0), 20: ("split", 2)}
     shapes, peaks = [], [0]
     with Cluster(cfg, record_logits=True) as c:
+        assert all(w["peer_reads"] == (peer_reads and not yama_forbids()) for w in c.worker_info)
         seqs = [c.add_request(p, SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)) for p in prompts]
         step = 0
         while c.has_work:

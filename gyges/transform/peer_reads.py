@@ -1,0 +1,67 @@
+"""Copy from another worker's memory in one step (Linux cross-memory attach, `process_vm_readv`).
+
+On a CPU host every device is a process on the same machine. gloo's send/recv carries a page run
+through two loopback sockets (2.5 GB/s here); reading it straight out of the peer's arena into
+our own is one memcpy (6.8 GB/s), with no staging buffer. The reader does the work and the owner
+does nothing, so a plan's moves are pulled by their destinations; whoever calls `read` must know
+the source bytes are final and stay so until every reader is done (the transformation's barriers).
+Where the kernel refuses (Yama ptrace scope, a seccomp filter), moves go through torch.distributed.
+"""
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+IOV_MAX = 1024  # iovecs per call, Linux's limit
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_readv = _libc.process_vm_readv
+_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+_readv.restype = ctypes.c_ssize_t
+
+
+@dataclass(frozen=True)
+class Run:
+    """`nbytes` from address `remote` in the peer to address `local` here."""
+    local: int
+    remote: int
+    nbytes: int
+
+
+def read(pid: int, runs: list[Run]):
+    """Copy every run from process `pid`; raises OSError naming the failure."""
+    iov = np.empty((len(runs), 2, 2), dtype=np.uint64)  # [run, local/remote, (base, len)]
+    for i, r in enumerate(runs):
+        iov[i] = ((r.local, r.nbytes), (r.remote, r.nbytes))
+    local, remote = np.ascontiguousarray(iov[:, 0]), np.ascontiguousarray(iov[:, 1])
+    for s in range(0, len(runs), IOV_MAX):
+        n = min(IOV_MAX, len(runs) - s)
+        want = int(local[s:s + n, 1].sum())
+        got = _readv(pid, local.ctypes.data + s * 16, n, remote.ctypes.data + s * 16, n, 0)
+        if got != want:
+            err = ctypes.get_errno() if got < 0 else errno.EFAULT
+            raise OSError(err, f"process_vm_readv from pid {pid}: read {max(got, 0)} of {want} bytes "
+                               f"({os.strerror(err)})")
+
+
+def can_read(pid: int, address: int, nbytes: int) -> bool:
+    """Whether this process may read `nbytes` at `address` of `pid` (the kernel may forbid it)."""
+    buf = ctypes.create_string_buffer(nbytes)
+    try:
+        read(pid, [Run(ctypes.addressof(buf), address, nbytes)])
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class PeerArenas:
+    """Where every device's arena lives: process id and address of page 0, pages `page_stride` bytes apart."""
+    pids: list[int]
+    bases: list[int]
+    page_stride: int
+
+    def page_address(self, device: int, page: int) -> int:
+        return self.bases[device] + page * self.page_stride
