@@ -2,6 +2,7 @@
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -319,8 +320,13 @@ class Cluster:
                                  f"at TP {self.cfg.tp} and {n} requests re-queued with their generated tokens") from e
 
     def shutdown(self):
-        for w in getattr(self, "workers", []):
-            w.stop()
+        """Stop every worker; all are asked first, so stuck ones cost one timeout, not one each."""
+        workers = getattr(self, "workers", [])
+        for w in workers:
+            w.ask_to_stop()
+        deadline = time.monotonic() + 5.0
+        for w in workers:
+            w.stop(max(0.0, deadline - time.monotonic()))
         self.workers = []
 
     def __enter__(self) -> "Cluster":

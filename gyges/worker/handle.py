@@ -44,13 +44,18 @@ class WorkerHandle:
         self.send(cmd, *args)
         return self.recv(timeout)
 
-    def stop(self, timeout: float = 5.0):
+    def ask_to_stop(self):
+        """Ask the worker to exit; it does when it next reads a command (see `stop`)."""
         if self.proc.is_alive():
             try:
                 self.conn.send(("shutdown", ()))
             except (BrokenPipeError, OSError):
                 pass
-            self.proc.join(timeout)
+
+    def stop(self, timeout: float = 5.0):
+        """Wait up to `timeout` for the worker to exit after `ask_to_stop`, then kill it (one stuck
+        in a collective with a dead peer never reads the request)."""
+        self.proc.join(timeout)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
