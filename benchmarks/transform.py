@@ -31,7 +31,8 @@ from gyges.engine.sequence import SamplingParams  # noqa: E402
 from gyges.model.loader import default_model_path  # noqa: E402
 
 WORK = Path("/tmp/gyges-bench")
-CYCLES = 5  # merge/split cycles per model
+CYCLES = 9  # merge/split cycles per model, each moving KV as a synchronous transformation
+PRECOPY_CYCLES = 3  # then merge/split cycles with pre-copy, for the stall
 
 
 def large_llama() -> Path:
@@ -178,7 +179,7 @@ def run_model(name: str, model: Path | None, memory: str, prompt_lens: list[int]
         g = torch.Generator().manual_seed(0)
         for n in prompt_lens:
             ids = torch.randint(100, 30000, (n,), generator=g).tolist()
-            cluster.add_request(ids, SamplingParams(max_tokens=160, temperature=0, ignore_eos=True))
+            cluster.add_request(ids, SamplingParams(max_tokens=400, temperature=0, ignore_eos=True))
         rec = Recorder(cluster)
         while any(s.num_computed < len(s.prompt_ids) for i in cluster.instances
                   for s in i.scheduler.requests):
@@ -201,8 +202,12 @@ def run_model(name: str, model: Path | None, memory: str, prompt_lens: list[int]
             out[kind]["kv_move_s_median"] = statistics.median(c["kv_move_s"] for c in cycles)
             out[kind]["limit_s_median"] = statistics.median(c["limit_s"] for c in cycles)
             out[kind]["fraction_of_warm_limit_median"] = statistics.median(c["fraction_of_warm_limit"] for c in cycles)
-        out["merge"]["precopy"] = measure_precopy(cluster, rec, "merge")
-        out["split"]["precopy"] = measure_precopy(cluster, rec, "split")
+        samples = {"merge": [], "split": []}
+        for _ in range(PRECOPY_CYCLES):
+            for kind in ("merge", "split"):
+                samples[kind].append(measure_precopy(cluster, rec, kind))
+        for kind, cycles in samples.items():
+            out[kind]["precopy"] = {**{k: statistics.median(c[k] for c in cycles) for k in cycles[0]}, "cycles": cycles}
         while cluster.has_work:
             rec.step(1)
     print(f"{name}: done", flush=True)
@@ -211,13 +216,13 @@ def run_model(name: str, model: Path | None, memory: str, prompt_lens: list[int]
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="about 3,000 KV tokens per model (the default run)")
+    ap.add_argument("--quick", action="store_true", help="about 6,000 KV tokens per model (the default run)")
     ap.add_argument("--out", default=str(ROOT / "results" / "transform.json"))
     args = ap.parse_args()
     t0 = time.perf_counter()
-    lens = [900, 700, 500, 400, 300, 200]
+    lens = [1800, 1400, 1000, 800, 600, 400]
     results = {"smollm2-135m": run_model("smollm2-135m", None, "512MiB", lens),
-               "llama-250m-random": run_model("llama-250m-random", large_llama(), "640MiB", lens)}
+               "llama-250m-random": run_model("llama-250m-random", large_llama(), "768MiB", lens)}
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": platform.processor() or platform.machine(), "devices": 4, "dtype": "bfloat16",
               "wall_s": time.perf_counter() - t0, "models": results}
@@ -233,8 +238,8 @@ def main():
             print(f"{name:>18} {kind:>5} " + " ".join(
                 f"{m[c]:12.4g}" if isinstance(m[c], float) else f"{str(m[c]):>12}" for c in cols))
     pcols = ["total_s", "precopy_s", "switch_s", "stall_s", "decode_step_s", "post_decode_step_s",
-             "stall_over_slower_step"]
-    print(f"\nwith pre-copy\n{'model':>18} {'dir':>5} " + " ".join(f"{c[:12]:>12}" for c in pcols))
+             "stall_over_decode_step", "stall_over_slower_step"]
+    print(f"\nwith pre-copy (medians of {PRECOPY_CYCLES} cycles)\n{'model':>18} {'dir':>5} " + " ".join(f"{c[:12]:>12}" for c in pcols))
     for name, r in results.items():
         for kind in ("merge", "split"):
             m = r[kind]["precopy"]

@@ -6,6 +6,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from gyges.memory.arena import advise_huge_pages
 from gyges.transform import peer_reads
 from gyges.transform.peer_reads import Run
 
@@ -22,9 +23,12 @@ EVICT_BYTES = 64 << 20  # twice this machine's last-level cache
 
 
 def _resident(nbytes: int) -> torch.Tensor:
-    """A buffer whose pages exist and hold data, like KV pages: a fresh `torch.empty` would be sent
-    from the kernel's shared zero page (always in cache) and received through page faults."""
-    return torch.ones(nbytes, dtype=torch.uint8)
+    """A buffer whose pages exist and hold data, in pages of the arena's size, like KV pages: a
+    fresh `torch.empty` would be sent from the kernel's shared zero page (always in cache) and
+    received through page faults."""
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    advise_huge_pages(buf)
+    return buf.fill_(1)
 
 
 def _evict_caches():
