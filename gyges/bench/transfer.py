@@ -6,7 +6,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from gyges.memory.arena import advise_huge_pages
+from gyges.memory.arena import host_bytes
 from gyges.transform import peer_reads
 from gyges.transform.peer_reads import Run
 
@@ -23,12 +23,10 @@ EVICT_BYTES = 64 << 20  # twice this machine's last-level cache
 
 
 def _resident(nbytes: int) -> torch.Tensor:
-    """A buffer whose pages exist and hold data, in pages of the arena's size, like KV pages: a
+    """A buffer whose pages exist and hold data, in pages of the arena's kind, like KV pages: a
     fresh `torch.empty` would be sent from the kernel's shared zero page (always in cache) and
     received through page faults."""
-    buf = torch.empty(nbytes, dtype=torch.uint8)
-    advise_huge_pages(buf)
-    return buf.fill_(1)
+    return host_bytes(nbytes).fill_(1)
 
 
 def _evict_caches():

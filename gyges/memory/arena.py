@@ -1,5 +1,5 @@
 """A device's memory budget as one tensor of equal pages; weights and KV units are views into it."""
-import ctypes
+import mmap
 
 import torch
 
@@ -8,8 +8,6 @@ from gyges.memory.layout import DeviceLayout, Slot, head_groups
 from gyges.memory.weights import group_by_layer, layer_shards
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 # Every byte of a fresh arena: a masked read of a never-written page must be finite (0.0115 in bf16
 # and fp32, 1.06 in fp16), and not zero: VM hosts reclaim zero pages left idle, and the first write
 # to each 4 KiB then faults (here, writing 64 MB into zero pages idle for 40 s took 3x as long as
@@ -17,18 +15,20 @@ _libc = ctypes.CDLL(None, use_errno=True)
 FILL_BYTE = 0x3C
 
 HUGE_PAGE = 2 << 20
-MADV_HUGEPAGE = 14
 
 
-def advise_huge_pages(t: torch.Tensor):
-    """Ask Linux to back a CPU tensor not yet written with 2 MiB pages (a no-op where transparent
-    huge pages are off). A move pins every page it reads and decode streams every weight each step;
-    with 4 KiB pages both walk page tables all the way (here KV moves took 1.3-2x as long, and four
-    TP1 instances' steps up to 1.2x)."""
-    start = (t.data_ptr() + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
-    end = (t.data_ptr() + t.numel() * t.element_size()) // HUGE_PAGE * HUGE_PAGE
-    if end > start:
-        _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_HUGEPAGE)
+def host_bytes(nbytes: int) -> torch.Tensor:
+    """`nbytes` of fresh CPU memory (uint8, 2 MiB aligned) that Linux is asked to back with 2 MiB
+    pages, before anything is written to it; 4 KiB pages where transparent huge pages are off.
+    A move pins every page it reads and decode streams every weight each step; with 4 KiB pages
+    both walk the page tables all the way (here KV moves took 1.3-2x as long, four TP1 instances'
+    steps up to 1.2x). A mapping of its own: memory malloc recycles is already in 4 KiB pages."""
+    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        region.madvise(mmap.MADV_HUGEPAGE)
+    whole = torch.frombuffer(region, dtype=torch.uint8)  # keeps the mapping alive
+    start = -whole.data_ptr() % HUGE_PAGE
+    return whole[start:start + nbytes]
 
 
 class Arena:
@@ -36,9 +36,11 @@ class Arena:
         """`packed`: store every weight matrix in the kernel's packed order (gyges/kernels/packed.py),
         if every one of them has a shape it can pack."""
         self.layout = layout
-        self.pages = torch.empty(layout.num_pages, layout.page_elems, dtype=dtype, device=device)
+        shape = (layout.num_pages, layout.page_elems)
         if device.type == "cpu":
-            advise_huge_pages(self.pages)
+            self.pages = host_bytes(layout.num_pages * layout.page_bytes).view(dtype).view(shape)
+        else:
+            self.pages = torch.empty(shape, dtype=dtype, device=device)
         self.pages.view(torch.uint8).fill_(FILL_BYTE)
         self.flat = self.pages.view(-1)
         slots = [*layout.replicated.values(), *layout.shard.values()]

@@ -68,3 +68,28 @@ def test_packed_arena_holds_the_same_shards(padded_model, tp):
                 assert torch.equal(packed.rows(got[j], torch.arange(want.shape[1])), want[j])
     vocab = torch.arange(config.vocab_size)
     assert torch.equal(packed.rows(pack.replicated("embed"), vocab), plain.replicated("embed"))
+
+
+def _anon_huge_kib(address: int) -> int | None:
+    """AnonHugePages of the mapping holding `address` in this process, None if not found."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if "-" in head[0] and not head[0].endswith(":"):
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            inside = lo <= address < hi
+        elif inside and head[0] == "AnonHugePages:":
+            return int(head[1])
+    return None
+
+
+def test_cpu_arena_is_backed_by_2mib_pages_where_linux_offers_them(padded_model):
+    thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    if "[never]" in thp:
+        pytest.skip("transparent huge pages are off on this host: the arena is in 4 KiB pages")
+    config, _ = padded_model
+    lay = device_layout(config, 4, 4, 4, 16 * 2**20)
+    arena = Arena(lay, torch.float32, torch.device("cpu"))
+    assert arena.pages.data_ptr() % (2 << 20) == 0 and arena.pages.is_contiguous()
+    assert _anon_huge_kib(arena.pages.data_ptr()) >= 8 * 1024  # most of the 16 MiB
+    assert (arena.pages.view(torch.uint8) == 0x3C).all()
