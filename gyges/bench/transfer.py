@@ -1,6 +1,7 @@
 """Worker-side measurements for the transformation benchmark: the machine's transfer limits for
 the same bytes a plan moves, the same KV moved in a vLLM-style token-major layout, and reloading
 weights from disk (the drain-and-restart baseline)."""
+import math
 import time
 
 import torch
@@ -27,6 +28,11 @@ def _resident(nbytes: int) -> torch.Tensor:
     fresh `torch.empty` would be sent from the kernel's shared zero page (always in cache) and
     received through page faults."""
     return host_bytes(nbytes).fill_(1)
+
+
+def _buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A resident tensor in the arena's kind of memory."""
+    return _resident(math.prod(shape) * dtype.itemsize).view(dtype).view(shape)
 
 
 def _evict_caches():
@@ -106,19 +112,19 @@ def memcpy_limit(worker, nbytes: int) -> float:
 def token_major_move(worker, moves) -> float:
     """The same units moved in vLLM's layout: per layer [blocks, block_tokens, heads, head_dim], so a
     head group of a block is strided; gather it into a buffer, move that buffer by the transport the
-    transformation uses (a peer read, or gloo send/recv), scatter at the receiver."""
+    transformation uses (a peer read, or gloo send/recv), scatter at the receiver. Cache and
+    buffers are the arena's kind of memory."""
     lay = worker.arena.layout
     u = lay.unit
     me, max_tp = worker.rank, lay.max_tp
     mine = [(i, mv) for i, (_, mv) in enumerate(moves) if mv.src != mv.dst and me in (mv.src, mv.dst)]
     blocks = sum(mv.count for _, mv in mine) or 1  # this device's blocks, numbered in plan order
-    cache = torch.zeros(u.num_layers, 2, blocks, u.block_tokens, u.heads * max_tp, u.head_dim,
-                        dtype=worker.arena.pages.dtype)
+    cache = _buffer((u.num_layers, 2, blocks, u.block_tokens, u.heads * max_tp, u.head_dim), worker.arena.pages.dtype)
     gathers, scatters, at = [], [], 0
     for i, mv in mine:
         g = i % max_tp  # which head group does not change the cost
         hs = slice(g * u.heads, (g + 1) * u.heads)
-        buf = torch.empty(u.num_layers, 2, mv.count, u.block_tokens, u.heads, u.head_dim, dtype=cache.dtype)
+        buf = _buffer((u.num_layers, 2, mv.count, u.block_tokens, u.heads, u.head_dim), cache.dtype)
         (gathers if mv.src == me else scatters).append((i, mv, buf, cache[:, :, at:at + mv.count, :, hs]))
         at += mv.count
     world = (0, worker.spec.world_size)
