@@ -18,7 +18,8 @@ HUGE_PAGE = 2 << 20
 
 
 def host_bytes(nbytes: int) -> torch.Tensor:
-    """`nbytes` of fresh CPU memory (uint8, 2 MiB aligned) that Linux is asked to back with 2 MiB
+    """`nbytes` of fresh CPU memory (uint8, 2 MiB aligned, a storage of its own that keeps the
+    mapping alive) that Linux is asked to back with 2 MiB
     pages, before anything is written to it; 4 KiB pages where transparent huge pages are off.
     A move pins every page it reads and decode streams every weight each step; with 4 KiB pages
     both walk the page tables all the way (here KV moves took 1.3-2x as long, four TP1 instances'
@@ -26,9 +27,8 @@ def host_bytes(nbytes: int) -> torch.Tensor:
     region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         region.madvise(mmap.MADV_HUGEPAGE)
-    whole = torch.frombuffer(region, dtype=torch.uint8)  # keeps the mapping alive
-    start = -whole.data_ptr() % HUGE_PAGE
-    return whole[start:start + nbytes]
+    start = -torch.frombuffer(region, dtype=torch.uint8, count=1).data_ptr() % HUGE_PAGE
+    return torch.frombuffer(region, dtype=torch.uint8, count=nbytes, offset=start)
 
 
 class Arena:
@@ -74,7 +74,7 @@ class Arena:
         shape = self._stored_shape(slot.shape)
         inner = torch.empty(shape, device="meta").stride()
         return self.flat.as_strided((len(groups), *shape), (stride, *inner),
-                                    self._slab_base(groups.start) + slot.offset)
+                                    self.flat.storage_offset() + self._slab_base(groups.start) + slot.offset)
 
     def write_slab(self, slab: int, name: str, value: torch.Tensor):
         slot = self.layout.shard[name]

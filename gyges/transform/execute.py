@@ -21,22 +21,21 @@ def run_moves(pages: torch.Tensor, device: int, moves: list[tuple[int, Move]], p
     page_bytes = pages.stride(0) * pages.element_size()
     ops, local, pulls, sent = [], [], {}, 0
     for tag, mv in sorted(moves, key=lambda x: -x[1].count):
-        src = pages[mv.src_page:mv.src_page + mv.count]
-        dst = pages[mv.dst_page:mv.dst_page + mv.count]
+        src, dst = slice(mv.src_page, mv.src_page + mv.count), slice(mv.dst_page, mv.dst_page + mv.count)
         if mv.src == mv.dst == device:
-            local.append((dst, src))
+            local.append((pages[dst], pages[src]))
         elif mv.src == device:
             sent += mv.count * page_bytes
             if peers is None:
-                ops.append(dist.P2POp(dist.isend, src, mv.dst, tag=tag))
-        elif mv.dst == device and peers is not None:
-            run = peer_reads.Run(dst.data_ptr(), peers.page_address(mv.src, mv.src_page), mv.count * page_bytes)
-            pulls.setdefault(mv.src, []).append(run)
+                ops.append(dist.P2POp(dist.isend, pages[src], mv.dst, tag=tag))
+        elif mv.dst == device and peers is not None:  # addresses only: no tensor views to build
+            pulls.setdefault(mv.src, []).append(peer_reads.Run(
+                pages.data_ptr() + mv.dst_page * page_bytes, peers.page_address(mv.src, mv.src_page), mv.count * page_bytes))
         elif mv.dst == device:
-            ops.append(dist.P2POp(dist.irecv, dst, mv.src, tag=tag))
+            ops.append(dist.P2POp(dist.irecv, pages[dst], mv.src, tag=tag))
     reqs = dist.batch_isend_irecv(ops) if ops else []
-    for src, runs in pulls.items():
-        peer_reads.read(peers.pids[src], runs)
+    for peer, runs in pulls.items():
+        peer_reads.read(peers.pids[peer], runs)
     for dst, src in local:  # while the transfers run: destinations are pages free before the plan
         dst.copy_(src)
     for req in reqs:

@@ -4,6 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from gyges.kernels import packed
+from gyges.memory import arena as arena_module
 from gyges.memory.arena import Arena
 from gyges.memory.layout import device_layout
 from gyges.memory.weights import pad_rows
@@ -19,10 +20,15 @@ def padded_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
-def test_shard_views_hold_the_right_heads(padded_model, tp):
+@pytest.mark.parametrize("storage_offset", [0, 4096])
+def test_shard_views_hold_the_right_heads(padded_model, tp, storage_offset, monkeypatch):
+    """Also when the arena's memory starts inside its storage (it did when an mmap was sliced)."""
+    monkeypatch.setattr(arena_module, "host_bytes",
+                        lambda n: torch.empty(n + storage_offset, dtype=torch.uint8)[storage_offset:])
     config, weights = padded_model
     lay = device_layout(config, 4, 4, 4, 8 * 2**20)
     arena = Arena(lay, torch.float32, torch.device("cpu"))
+    assert arena.pages.storage_offset() == storage_offset // 4
     arena.load(weights, range(4))
     pad, d = lay.padding, config.head_dim
     q_full = pad_rows(weights["model.layers.1.self_attn.q_proj.weight"], pad.num_heads * d)
