@@ -55,16 +55,17 @@ def row_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaShard:
-    def __init__(self, arena: Arena):
+    def __init__(self, arena: Arena, kernels: bool = False):
+        """`kernels`: use the C decode and fused kernels where the shapes allow (bf16 on a CPU with
+        AVX512-BF16); matmuls use the packed kernel when the arena could pack every matrix."""
         self.arena = arena
         self.config = arena.layout.config
         self.pad = arena.layout.padding
         self.rotary = Rotary(self.config, arena.pages.device)
         self.kv = arena.kv()
         self.kv_rows = self.kv.view(-1, self.config.head_dim)
-        # the C kernels come together: packed weights mean they are enabled and built
-        self.decode_kernel = arena.packed and paged_decode.usable(self.kv[:, 0], self.pad.num_heads // self.pad.max_tp)
-        self.fused = arena.packed and fused.usable(self.config.hidden_size, self.pad.inter_per_shard)
+        self.decode_kernel = kernels and paged_decode.usable(self.kv[:, 0], self.pad.num_heads // self.pad.max_tp)
+        self.fused = kernels and fused.usable(self.config.hidden_size, self.pad.inter_per_shard)
         self.group = None
 
     def bind(self, tp: int, rank: int, group, comm=None):

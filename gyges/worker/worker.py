@@ -79,11 +79,12 @@ class Worker:
         self.config = load_config(Path(spec.model_path))
         dtype = DTYPES[spec.dtype]
         layout = device_layout(self.config, spec.max_tp, spec.block_tokens, dtype.itemsize, spec.memory_bytes)
-        self.arena = Arena(layout, dtype, self.device, spec.cpu_kernels and packed.available(self.device, dtype))
+        kernels = spec.cpu_kernels and packed.available(self.device, dtype)  # bf16 on a CPU with AVX512-BF16
+        self.arena = Arena(layout, dtype, self.device, packed=kernels)
         self.peers = self._peer_arenas() if spec.peer_reads and spec.device_type == "cpu" and spec.world_size > 1 else None
         tp, local = spec.tp, rank % spec.tp
         self.load_weights(tp, local)
-        self.model = LlamaShard(self.arena)
+        self.model = LlamaShard(self.arena, kernels)
         self.bind(tp, local, rank - local)
 
     def _peer_arenas(self) -> PeerArenas | None:

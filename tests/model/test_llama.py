@@ -65,27 +65,31 @@ def test_tiny_llama_with_padded_kv_heads_matches_transformers(tmp_path, tp):
     print(f"tiny padded llama TP{tp}: max relative logit error {worst:.2e}")
 
 
-def _kernels_in_use(worker) -> tuple[bool, bool]:
-    return worker.arena.packed, worker.model.decode_kernel
+def _kernels_in_use(worker) -> tuple[bool, bool, bool]:
+    return worker.arena.packed, worker.model.decode_kernel, worker.model.fused
 
 
 BF16_TOLERANCE = 2e-2  # bf16 keeps 8 significant bits; both bf16 paths measure about 1e-2 here
 
 
 @pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
-@pytest.mark.parametrize("devices, tp, max_tp", [(1, 1, 1), (2, 1, 2), (2, 2, 2)])
-def test_bf16_cpu_kernels_match_transformers(tmp_path, devices, tp, max_tp):
+@pytest.mark.parametrize("devices, tp, max_tp, vocab", [(1, 1, 1, 512), (2, 1, 2, 512), (2, 2, 2, 512), (1, 1, 1, 504)])
+def test_bf16_cpu_kernels_match_transformers(tmp_path, devices, tp, max_tp, vocab):
     """Packed matmuls and the paged decode kernel against fp32 transformers, and no worse than the
-    PyTorch bf16 path: head_dim 32 so the decode kernel runs; max_tp 2 at TP1 packs two shards."""
-    path = make_tiny_model(tmp_path, "llama", heads=4, kv_heads=2, hidden_size=128, intermediate_size=352)
+    PyTorch bf16 path: head_dim 32 so the decode kernel runs; max_tp 2 at TP1 packs two shards. A
+    vocabulary of 504 rows cannot be packed (16-row tiles): the matmuls stay in PyTorch, the
+    decode and fused kernels still run."""
+    path = make_tiny_model(tmp_path, "llama", heads=4, kv_heads=2, hidden_size=128, intermediate_size=352,
+                           vocab_size=vocab)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     worst = {}
     for kernels in (True, False):
         cfg = ClusterConfig(model=str(path), devices=devices, tp=tp, max_tp=max_tp, dtype="bfloat16",
                             device_memory="32MiB", block_tokens=4, max_batched_tokens=32, cpu_kernels=kernels)
         with Cluster(cfg, record_logits=True) as cluster:
-            assert cluster.workers[0].call("invoke", _kernels_in_use) == (kernels, kernels)
+            expect = (kernels and vocab % 16 == 0, kernels, kernels)
+            assert cluster.workers[0].call("invoke", _kernels_in_use) == expect
             outs = cluster.generate(TINY_PROMPTS, GREEDY)
         worst[kernels] = check_against_reference(ref, outs, BF16_TOLERANCE)
-    print(f"bf16 TP{tp} of max {max_tp}: kernels {worst[True]:.2e}, PyTorch {worst[False]:.2e}")
+    print(f"bf16 TP{tp} of max {max_tp}, vocabulary {vocab}: kernels {worst[True]:.2e}, PyTorch {worst[False]:.2e}")
     assert worst[True] <= 1.25 * worst[False]
