@@ -19,11 +19,11 @@ HUGE_PAGE = 2 << 20
 
 def host_bytes(nbytes: int) -> torch.Tensor:
     """`nbytes` of fresh CPU memory (uint8, 2 MiB aligned, a storage of its own that keeps the
-    mapping alive) that Linux is asked to back with 2 MiB
-    pages, before anything is written to it; 4 KiB pages where transparent huge pages are off.
-    A move pins every page it reads and decode streams every weight each step; with 4 KiB pages
-    both walk the page tables all the way (here KV moves took 1.3-2x as long, four TP1 instances'
-    steps up to 1.2x). A mapping of its own: memory malloc recycles is already in 4 KiB pages."""
+    mapping alive) that Linux is asked to back with 2 MiB pages before anything is written to it
+    (4 KiB pages where transparent huge pages are off). A move pins every page it reads and decode
+    streams every weight each step; with 4 KiB pages both walk the page tables all the way (here KV
+    moves took 1.3-2x as long, four TP1 instances' steps up to 1.2x). A private mapping of its own:
+    memory malloc recycles is already in 4 KiB pages, and shared mappings get none here."""
     region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         region.madvise(mmap.MADV_HUGEPAGE)
