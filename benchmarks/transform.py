@@ -5,8 +5,9 @@ For each model: requests holding a few thousand KV tokens run on four TP1 instan
 decode steps the cluster merges to TP4, decodes, then splits back to 4xTP1 and decodes. Measured
 in the same run, for the same bytes: gloo send/recv and all_to_all_single between the same pairs,
 each destination reading its bytes from the peers' memory as one run per peer (the transport the
-moves use on this host, gyges/transform/peer_reads.py), the same units moved in token-major layout (gather, send, scatter), and a restart (reload weights
-from disk at the new degree, recompute every running request's prefill).
+moves use on this host, gyges/transform/peer_reads.py), the same units moved in token-major layout
+(gather, move, scatter), and a restart (reload weights from disk at the new degree, recompute
+every running request's prefill).
 
     python benchmarks/transform.py --quick
 """
@@ -78,8 +79,17 @@ def on_workers(cluster, fn, *args) -> list:
     return [w.recv() for w in cluster.workers]
 
 
-def max_or_none(values: list):
-    return None if None in values else max(values)
+def limits(cluster, moves, cold: bool = True) -> dict[str, float | None]:
+    """One sample of each transport moving the same bytes between the same pairs, one contiguous
+    buffer per pair (slowest device); peer reads None where the workers cannot read each other."""
+    out = {"send_recv_s": max(on_workers(cluster, transfer.send_recv_limit, moves, cold)),
+           "all_to_all_s": max(on_workers(cluster, transfer.all_to_all_limit, moves, [0, 1, 2, 3], cold))}
+    reads = on_workers(cluster, transfer.peer_read_limit, moves, cold)
+    return {**out, "peer_read_s": None if None in reads else max(reads)}
+
+
+def best(times: dict[str, float | None]) -> float:
+    return min(t for t in times.values() if t is not None)
 
 
 def transform(cluster, kind: str, precopy: bool):
@@ -124,22 +134,17 @@ def measure(cluster, rec: Recorder, kind: str, restart: bool = True) -> dict:
     kv_move_s = max(s["kv_s"] for s in report.worker_stats.values())
     # one sample of each limit per transformation, like the move itself: a best-of-n limit against
     # single moves would compare this noisy machine's best moments with its typical ones
-    p2p_s = max(on_workers(cluster, transfer.send_recv_limit, moves))
-    a2a_s = max(on_workers(cluster, transfer.all_to_all_limit, moves, [0, 1, 2, 3]))
-    read_s = max_or_none(on_workers(cluster, transfer.peer_read_limit, moves))
-    warm_s = min(x for x in (max(on_workers(cluster, transfer.send_recv_limit, moves, False)),
-                             max(on_workers(cluster, transfer.all_to_all_limit, moves, [0, 1, 2, 3], False)),
-                             max_or_none(on_workers(cluster, transfer.peer_read_limit, moves, False))) if x)
+    cold = limits(cluster, moves)
+    warm_s = best(limits(cluster, moves, cold=False))
     memcpy_s = min(transfer.memcpy_limit(None, max(cross // 4, 1 << 20)) for _ in range(3))
     token_major_s = statistics.median([max(on_workers(cluster, transfer.token_major_move, moves)) for _ in range(3)])
-    limit_s = min(x for x in (p2p_s, a2a_s, read_s) if x)
+    limit_s = best(cold)
     out = {
         "total_s": report.total_s, "stall_s": stall, "decode_step_s": decode_step, "post_step_s": post_step,
         "kv_units_moved": report.kv_units_moved, "kv_messages": len(moves), "kv_bytes": report.kv_bytes,
         "kv_cross_device_bytes": cross, "kv_move_s": kv_move_s, "kv_gbps": cross / kv_move_s / 1e9,
         "transport": "peer reads" if all(w["peer_reads"] for w in cluster.worker_info) else "gloo send/recv",
-        "send_recv_s": p2p_s, "all_to_all_s": a2a_s, "peer_read_s": read_s,
-        "limit_s": limit_s, "limit_gbps": cross / limit_s / 1e9,
+        **cold, "limit_s": limit_s, "limit_gbps": cross / limit_s / 1e9,
         "memcpy_gbps": max(cross // 4, 1 << 20) / memcpy_s / 1e9, "fraction_of_limit": limit_s / kv_move_s,
         "warm_limit_s": warm_s, "fraction_of_warm_limit": warm_s / kv_move_s,
         "token_major_kv_move_s": token_major_s, "token_major_over_header_centric": token_major_s / kv_move_s,

@@ -32,10 +32,8 @@ class Run:
 
 def read(pid: int, runs: list[Run]):
     """Copy every run from process `pid`; raises OSError naming the failure."""
-    iov = np.empty((len(runs), 2, 2), dtype=np.uint64)  # [run, local/remote, (base, len)]
-    for i, r in enumerate(runs):
-        iov[i] = ((r.local, r.nbytes), (r.remote, r.nbytes))
-    local, remote = np.ascontiguousarray(iov[:, 0]), np.ascontiguousarray(iov[:, 1])
+    local = np.array([(r.local, r.nbytes) for r in runs], dtype=np.uint64)  # struct iovec: base, len
+    remote = np.array([(r.remote, r.nbytes) for r in runs], dtype=np.uint64)
     for s in range(0, len(runs), IOV_MAX):
         n = min(IOV_MAX, len(runs) - s)
         want = int(local[s:s + n, 1].sum())
