@@ -63,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--stop", action="append", help="a stop string; repeat for more")
     g.add_argument("--no-chat", dest="chat", action="store_false",
                    help="send the prompt as raw text instead of through the model's chat template")
+    g.set_defaults(func=generate)
+    # each further subcommand's module adds its parser and sets `func` (one line each below)
     args = parser.parse_args(argv)
     try:
-        return generate(args)
+        return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"gyges: error: {e}", file=sys.stderr)
         return 2

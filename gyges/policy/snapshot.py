@@ -1,0 +1,120 @@
+"""What the policy sees and what it may do: plain data, built by the controller (real or simulated).
+
+The policy never touches processes, clocks or randomness: `decide(snapshot, event) -> actions` is a
+pure function of these values, so it is tested on hand-made snapshots and shared by `gyges serve`
+and `gyges simulate`.
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RequestView:
+    id: int
+    prompt_tokens: int
+    need_tokens: int          # KV tokens it may need: prompt + max_tokens (or + the output estimate)
+    computed_tokens: int = 0  # KV tokens it holds now (0 while waiting)
+    arrived: float = 0.0      # seconds, on the controller's clock
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    id: int                       # the instance's first device; stable while its devices do not change
+    devices: tuple[int, ...]      # aligned: len is a power of two and devices[0] % len == 0
+    kv_capacity_tokens: int       # KV tokens it holds with nothing running
+    kv_free_tokens: int           # KV tokens free now
+    running: tuple[RequestView, ...] = ()
+    waiting: tuple[RequestView, ...] = ()
+    formed_at: float = 0.0        # when it took its present devices (for the split dwell time)
+    transforming: bool = False    # part of the pending transformation: takes no new requests
+
+    @property
+    def tp(self) -> int:
+        return len(self.devices)
+
+
+@dataclass(frozen=True)
+class PendingTransform:
+    kind: str                          # "merge" | "split"
+    devices: tuple[int, ...]           # every device taking part
+    started: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    time: float
+    devices: int
+    max_tp: int
+    host_devices: int                          # merges stay inside a host of this many devices
+    kv_capacity_by_tp: dict[int, int]          # KV tokens of an empty instance at each TP degree
+    instances: tuple[InstanceView, ...]
+    held: tuple[RequestView, ...] = ()         # requests the policy held (waiting for a merge)
+    pending: PendingTransform | None = None
+
+
+# events
+
+@dataclass(frozen=True)
+class Arrival:
+    request: RequestView
+
+
+@dataclass(frozen=True)
+class StepDone:
+    instance: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    request: int
+    instance: int
+
+
+@dataclass(frozen=True)
+class TransformDone:
+    kind: str
+    devices: tuple[int, ...]
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Periodic re-evaluation (about once a second of controller time) when nothing else happened."""
+
+
+Event = Arrival | StepDone | Finished | TransformDone | Tick
+
+
+# actions
+
+@dataclass(frozen=True)
+class Route:
+    request: int
+    instance: int
+
+
+@dataclass(frozen=True)
+class Hold:
+    request: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    request: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Merge:
+    devices: tuple[int, ...]   # an aligned group covering whole instances
+    reason: str
+
+
+@dataclass(frozen=True)
+class Split:
+    instance: int
+    parts: int
+    reason: str
+
+
+Action = Route | Hold | Reject | Merge | Split
