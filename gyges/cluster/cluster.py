@@ -224,7 +224,7 @@ class Cluster:
                 seq.error = reason
                 inst.scheduler.finish(seq, "error")
 
-    def _apply(self, inst: Instance, batch: ScheduledBatch, tokens: list[int], logits) -> list:
+    def _apply(self, inst: Instance, batch: ScheduledBatch, tokens: list[int], logits, logprobs=None) -> list:
         events, k = [], 0
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed += n

@@ -17,6 +17,21 @@ class SampleSpec:
     top_k: int
     seed: int
     step: int  # index of the token being sampled, so a seed gives the same draw wherever it runs
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    history: np.ndarray | None = None  # prompt + output ids, sent only when a penalty is set
+    prompt_len: int = 0
+    banned: tuple[int, ...] = ()       # EOS and stop ids while the output is under min_tokens
+    logprobs: int | None = None
+
+
+def sample_spec(seq: Sequence, eos_ids: set[int]) -> SampleSpec:
+    """What the sampler needs to pick `seq`'s next token; token history only when a penalty needs it."""
+    p, n = seq.params, len(seq.output_ids)
+    history = np.asarray(seq.tokens, dtype=np.int64) if p.has_penalties else None
+    return SampleSpec(p.temperature, p.top_p, p.top_k, p.seed, n, p.presence_penalty, p.frequency_penalty,
+                      p.repetition_penalty, history, len(seq.prompt_ids), p.banned_ids(n, eos_ids), p.logprobs)
 
 
 @dataclass
@@ -40,7 +55,8 @@ def rank_table(seq: Sequence, rank: int, m: int) -> np.ndarray:
 
 
 def build_step(seqs: list[Sequence], num_tokens: list[int], rank: int, m: int, block_tokens: int,
-               want_logits: bool = False) -> StepInput:
+               want_logits: bool = False, eos_ids: set[int] = frozenset()) -> StepInput:
+    """`eos_ids`: the model's EOS ids, masked (with stop_token_ids) while a request is under min_tokens."""
     ids, pos, slot_pages, slot_offsets, logit_rows, samples = [], [], [], [], [], []
     decode_rows, decode_tables, decode_lens, prefills = [], [], [], []
     row = 0
@@ -61,8 +77,7 @@ def build_step(seqs: list[Sequence], num_tokens: list[int], rank: int, m: int, b
         row += n
         if end == seq.num_tokens:
             logit_rows.append(row - 1)
-            sp = seq.params
-            samples.append(SampleSpec(sp.temperature, sp.top_p, sp.top_k, sp.seed, len(seq.output_ids)))
+            samples.append(sample_spec(seq, eos_ids))
     max_blocks = max((t.shape[1] for t in decode_tables), default=0)
     tables = np.zeros((len(decode_tables), m, max_blocks), dtype=np.int64)
     for i, t in enumerate(decode_tables):

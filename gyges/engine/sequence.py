@@ -5,9 +5,14 @@ import random
 from dataclasses import dataclass, field
 
 
+MAX_LOGPROBS = 20
+
+
 @dataclass
 class SamplingParams:
-    max_tokens: int = 16
+    """What a request asks of sampling and stopping. `max_tokens=None`: the client set no limit; the
+    request runs to a stop or the model's context, and its KV need is estimated (`--output-estimate`)."""
+    max_tokens: int | None = 16
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -15,9 +20,14 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    min_tokens: int = 0                 # EOS and stop_token_ids are masked until this many tokens are out
+    presence_penalty: float = 0.0       # subtracted once from every token already in the output
+    frequency_penalty: float = 0.0      # subtracted per occurrence in the output
+    repetition_penalty: float = 1.0     # > 1 discourages tokens of the prompt and output (vLLM's semantics)
+    logprobs: int | None = None         # None: none; k: the sampled token's logprob and the top k
 
     def __post_init__(self):
-        if self.max_tokens < 1:
+        if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
@@ -25,8 +35,33 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be >= 0, got {self.min_tokens}")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be token ids (>= 0), got {self.stop_token_ids}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
         if self.seed is None:
             self.seed = random.getrandbits(62)
+
+    @property
+    def has_penalties(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+    def banned_ids(self, num_output: int, eos_ids: set[int]) -> tuple[int, ...]:
+        """Token ids the sampler must not pick for output token `num_output` (min_tokens)."""
+        if num_output >= self.min_tokens:
+            return ()
+        return tuple(sorted(set(self.stop_token_ids) | (set() if self.ignore_eos else set(eos_ids))))
 
 
 class Status(enum.Enum):
@@ -51,6 +86,9 @@ class Sequence:
     error: str | None = None
     text: str = ""
     num_preemptions: int = 0
+    need_tokens: int | None = None  # KV tokens it may reach: prompt + max_tokens unless an estimate is set
+    arrival: float = 0.0            # controller clock at submission
+    aborted: bool = False           # the client went away; it ends at its instance's next step
 
     @property
     def tokens(self) -> list[int]:
@@ -63,6 +101,12 @@ class Sequence:
     @property
     def num_blocks(self) -> int:
         return len(self.pages[0]) if self.pages else 0
+
+    @property
+    def kv_need(self) -> int:
+        """KV tokens to plan for: the estimate (or prompt + max_tokens), never less than it holds now."""
+        planned = len(self.prompt_ids) + self.params.max_tokens if self.need_tokens is None else self.need_tokens
+        return max(planned, self.num_tokens + 1)
 
     @property
     def finished(self) -> bool:

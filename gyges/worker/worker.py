@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from gyges.engine.batch import StepInput
-from gyges.engine.sampler import sample
+from gyges.engine.sampler import sample, token_logprobs
 from gyges.kernels import packed
 from gyges.kernels.shm_allreduce import ShmAllReduce, segment_path
 from gyges.memory.arena import Arena
@@ -161,9 +161,10 @@ class Worker:
         if not driver:
             return None
         if logits is None:
-            return [], None
-        tokens = sample(logits.cpu(), s.samples)
-        return tokens, (logits.cpu().numpy() if s.want_logits else None)
+            return [], None, None
+        logits = logits.cpu()
+        tokens = sample(logits, s.samples)
+        return tokens, (logits.numpy() if s.want_logits else None), token_logprobs(logits, s.samples, tokens)
 
     def copy_pages(self, moves: list) -> int:
         """Pre-copy: move page runs while still serving at the current degree."""
