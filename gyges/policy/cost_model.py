@@ -1,0 +1,250 @@
+"""Time of a step, throughput of an instance and cost of a transformation, from bytes and FLOPs.
+
+One model serves the policy (is a merge or split worth it?) and the simulator (its clock). A step's
+time is a sum of terms, each a quantity over a rate times an efficiency:
+    weight and KV bytes read / (memory bandwidth * e_mem)
+  + FLOPs / (peak FLOP/s * e_flop)
+  + two all-reduces per layer: ring bytes / (link bandwidth * e_link) + latency each
+  + a fixed per-step overhead.
+A sum, not a roofline max: it is linear in the inverse rates, so `fit` finds them by least squares
+from measured steps, and on CPUs the memory-bound and compute-bound operators of a step do not
+overlap anyway (on GPUs the fitted efficiencies absorb what overlap there is).
+"""
+import math
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+import numpy as np
+
+from gyges.memory.layout import HeadPadding
+from gyges.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """The sizes that set a model's bytes and FLOPs, with heads padded for `max_tp` as the engine pads them."""
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    dtype_bytes: int
+    max_tp: int
+    padded_heads: int
+    padded_kv_heads: int
+    padded_intermediate: int
+    tied_embeddings: bool = True
+    qkv_bias: bool = False
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, max_tp: int, dtype_bytes: int) -> "ModelProfile":
+        pad = HeadPadding.of(config, max_tp)
+        return cls(config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
+                   config.intermediate_size, config.vocab_size, dtype_bytes, max_tp, pad.num_heads,
+                   pad.num_kv_heads, pad.intermediate_size, config.tie_word_embeddings, config.qkv_bias)
+
+    @property
+    def sharded_params(self) -> int:
+        """Parameters split across ranks (padded): q, k, v (and bias), o, gate, up, down of every layer."""
+        qkv_rows = (self.padded_heads + 2 * self.padded_kv_heads) * self.head_dim
+        per_layer = (qkv_rows * self.hidden + (qkv_rows if self.qkv_bias else 0)
+                     + self.hidden * self.padded_heads * self.head_dim + 3 * self.padded_intermediate * self.hidden)
+        return self.layers * per_layer
+
+    @property
+    def replicated_params(self) -> int:
+        """Parameters every device holds whole: embeddings, the head if untied, norms."""
+        heads = 1 if self.tied_embeddings else 2
+        return heads * self.vocab * self.hidden + (2 * self.layers + 1) * self.hidden
+
+    def weight_bytes(self, tp: int) -> int:
+        """Weight bytes one device of a TP-`tp` instance holds."""
+        self.check_tp(tp)
+        return (self.replicated_params + self.sharded_params // tp) * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V of one token, every layer, every (padded) KV head: spread over the instance's devices."""
+        return self.layers * 2 * self.padded_kv_heads * self.head_dim * self.dtype_bytes
+
+    def check_tp(self, tp: int) -> None:
+        if tp < 1 or tp & (tp - 1) or tp > self.max_tp:
+            raise ValueError(f"TP degree must be a power of two up to max_tp {self.max_tp}, got {tp}")
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """One device and its links. Rates are nominal; efficiencies (fitted or measured) scale them.
+
+    An efficiency of `math.inf` means the term did not show in the measurements: it costs nothing.
+    """
+    name: str
+    mem_bandwidth: float            # bytes/s, one device
+    peak_flops: float               # FLOP/s, one device
+    link_bandwidth: float           # bytes/s each device sends and receives, inside a host
+    link_latency: float             # seconds per all-reduce
+    memory_bytes: int               # per device, for weights and KV cache
+    mem_efficiency: float = 1.0
+    flop_efficiency: float = 1.0
+    link_efficiency: float = 1.0
+    transfer_efficiency: float = 1.0  # transformation moves (peer reads, NCCL send/recv) over link_bandwidth
+    step_overhead_s: float = 0.0      # scheduling, launch, Python: paid once per step
+    switch_overhead_s: float = 0.0    # a transformation's switch: barriers, rebinding, new block tables
+
+    def __post_init__(self):
+        for name in ("mem_bandwidth", "peak_flops", "link_bandwidth", "memory_bytes", "mem_efficiency",
+                     "flop_efficiency", "link_efficiency", "transfer_efficiency"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{self.name}: {name} must be positive, got {getattr(self, name)}")
+        for name in ("link_latency", "step_overhead_s", "switch_overhead_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{self.name}: {name} must be non-negative, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class StepLoad:
+    """What one step computes. `context_tokens` counts (query, key) pairs attention works on:
+    a decode adds its sequence's length; a prefill chunk of n tokens over c cached ones adds
+    n * (c + (n + 1) / 2). Attention's KV reads and FLOPs both scale with it."""
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    context_tokens: float = 0
+
+    @classmethod
+    def of(cls, prefills: Iterable[tuple[int, int]] = (), decode_lens: Iterable[int] = ()) -> "StepLoad":
+        """From prefill chunks (tokens, cached tokens before them) and decoding sequences' lengths."""
+        prefills, decode_lens = list(prefills), list(decode_lens)
+        pairs = sum(n * (c + (n + 1) / 2) for n, c in prefills) + sum(decode_lens)
+        return cls(sum(n for n, _ in prefills), len(decode_lens), pairs)
+
+    @property
+    def tokens(self) -> int:
+        return self.prefill_tokens + self.decode_tokens
+
+
+@dataclass(frozen=True)
+class ServingLoad:
+    """Requests an instance is given: how many, and each one's mean KV need and mean decode context."""
+    requests: int
+    need_tokens: float
+    context_tokens: float
+
+
+@dataclass(frozen=True)
+class TransformCost:
+    time_s: float    # start to finish (pre-copy runs while the instances keep decoding)
+    stall_s: float   # the switch, when the instances involved make no step
+
+
+@dataclass(frozen=True)
+class StepSample:
+    """One measured step, for `fit`."""
+    tp: int
+    prefill_tokens: int
+    decode_tokens: int
+    context_tokens: float
+    seconds: float
+
+    @property
+    def load(self) -> StepLoad:
+        return StepLoad(self.prefill_tokens, self.decode_tokens, self.context_tokens)
+
+
+class CostModel:
+    def __init__(self, model: ModelProfile, hw: HardwareProfile):
+        self.model, self.hw = model, hw
+
+    def quantities(self, tp: int, load: StepLoad) -> np.ndarray:
+        """[bytes read, FLOPs, all-reduce bytes, all-reduces, steps] of one device (rank 0, which also
+        runs the head): the step time is their dot product with `unit_costs`."""
+        m = self.model
+        m.check_tp(tp)
+        if load.tokens == 0:
+            return np.zeros(5)
+        head = m.vocab * m.hidden  # logits for decode rows only; a prefill's last row is noise beside its chunk
+        attn_pair_flops = 4 * m.layers * m.padded_heads * m.head_dim / tp
+        read = ((m.sharded_params / tp + (head if load.decode_tokens else 0)) * m.dtype_bytes
+                + load.context_tokens * m.kv_bytes_per_token / tp)
+        flops = 2 * load.tokens * m.sharded_params / tp + 2 * load.decode_tokens * head + load.context_tokens * attn_pair_flops
+        reduces = 2 * m.layers if tp > 1 else 0
+        ring_bytes = reduces * 2 * (tp - 1) / tp * load.tokens * m.hidden * m.dtype_bytes
+        return np.array([read, flops, ring_bytes, reduces, 1.0])
+
+    def unit_costs(self) -> np.ndarray:
+        h = self.hw
+        return np.array([1 / (h.mem_bandwidth * h.mem_efficiency), 1 / (h.peak_flops * h.flop_efficiency),
+                         1 / (h.link_bandwidth * h.link_efficiency), h.link_latency, h.step_overhead_s])
+
+    def step_time(self, tp: int, load: StepLoad) -> float:
+        """Seconds one step of a TP-`tp` instance takes for `load` (0 when it has nothing to compute)."""
+        return float(self.quantities(tp, load) @ self.unit_costs())
+
+    def kv_capacity_tokens(self, tp: int, block_tokens: int = 1) -> int:
+        """KV tokens an empty TP-`tp` instance holds: each device's memory minus its weights, in whole blocks."""
+        per_device = self.hw.memory_bytes - self.model.weight_bytes(tp)
+        if per_device <= 0:
+            return 0
+        tokens = per_device * tp // self.model.kv_bytes_per_token
+        return tokens // block_tokens * block_tokens
+
+    def concurrency(self, load: ServingLoad, kv_capacity_tokens: int, max_batch: int) -> int:
+        """How many of the requests run at once: no more than the batch limit or the KV cache allows."""
+        if load.requests <= 0:
+            return 0
+        fits = int(kv_capacity_tokens // max(load.need_tokens, 1))
+        return max(0, min(load.requests, max_batch, fits))
+
+    def throughput(self, tp: int, load: ServingLoad, kv_capacity_tokens: int, max_batch: int) -> float:
+        """Decode tokens/s of a TP-`tp` instance serving `load`: a KV-starved instance runs small batches."""
+        n = self.concurrency(load, kv_capacity_tokens, max_batch)
+        if n == 0:
+            return 0.0
+        return n / self.step_time(tp, StepLoad(decode_tokens=n, context_tokens=n * load.context_tokens))
+
+    def transform_cost(self, moved_bytes: float, switch_bytes: float, devices: int) -> TransformCost:
+        """A transformation moving `moved_bytes` in all (pre-copy and switch), `switch_bytes` of them
+        during the switch, spread evenly over `devices` that each receive at the transfer rate."""
+        if devices < 1 or moved_bytes < 0 or not 0 <= switch_bytes <= moved_bytes:
+            raise ValueError(f"bad transformation: {moved_bytes} bytes moved, {switch_bytes} in the switch, "
+                             f"{devices} devices")
+        rate = devices * self.hw.link_bandwidth * self.hw.transfer_efficiency
+        stall = self.hw.switch_overhead_s + switch_bytes / rate
+        return TransformCost(moved_bytes / rate + self.hw.switch_overhead_s, stall)
+
+
+def fit(samples: Iterable[StepSample], model: ModelProfile, base: HardwareProfile) -> HardwareProfile:
+    """`base` with the efficiencies, link latency and step overhead that best explain the measured steps.
+
+    Least squares on the per-unit costs, none allowed negative: a term fitted below zero is dropped
+    and the rest refitted (its efficiency becomes inf, its latency or overhead 0). Terms no sample
+    exercises (all-reduces when every sample is TP1) keep `base`'s values.
+    """
+    samples = list(samples)
+    if not samples:
+        raise ValueError("fit needs at least one measured step")
+    cost = CostModel(model, base)
+    x = np.array([cost.quantities(s.tp, s.load) for s in samples])
+    y = np.array([s.seconds for s in samples])
+    known = cost.unit_costs()
+    free = [j for j in range(x.shape[1]) if np.any(x[:, j])]
+    if len(samples) < len(free):
+        raise ValueError(f"fit needs at least {len(free)} measured steps for {len(free)} terms, got {len(samples)}")
+    coef = known.copy()
+    while free:
+        scale = np.abs(x[:, free]).max(axis=0)  # columns differ by ~1e12: scale them for a stable solve
+        sol = np.linalg.lstsq(x[:, free] / scale, y, rcond=None)[0] / scale
+        if sol.min() >= 0:
+            coef[free] = sol
+            break
+        coef[free[int(sol.argmin())]] = 0.0
+        free.pop(int(sol.argmin()))
+    return replace(base, mem_efficiency=_efficiency(coef[0], base.mem_bandwidth),
+                   flop_efficiency=_efficiency(coef[1], base.peak_flops),
+                   link_efficiency=_efficiency(coef[2], base.link_bandwidth), link_latency=float(coef[3]),
+                   step_overhead_s=float(coef[4]))
+
+
+def _efficiency(unit_cost: float, rate: float) -> float:
+    return math.inf if unit_cost == 0 else float(1 / (unit_cost * rate))
