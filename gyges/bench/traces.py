@@ -67,6 +67,8 @@ def parse_mooncake(lines) -> list[TraceRequest]:
                                _length(row["output_length"], "output_length", where, 1), hash_ids)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: not a Mooncake trace record ({e!r})") from None
+        if any(h < 0 for h in hash_ids):
+            raise ValueError(f"{where}: negative hash id")
         if hash_ids and len(hash_ids) * HASH_BLOCK_TOKENS < req.input_len:
             raise ValueError(f"{where}: {len(hash_ids)} hash_ids cover fewer than input_length {req.input_len} tokens")
         out.append(req)
