@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="send the prompt as raw text instead of through the model's chat template")
     g.set_defaults(func=generate)
     # each further subcommand's module adds its parser and sets `func` (one line each below)
+    from gyges.bench.cli import add_parser as add_bench; add_bench(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
