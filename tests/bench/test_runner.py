@@ -1,84 +1,15 @@
-"""The client end to end against a fake OpenAI SSE server (aiohttp, in a thread, random port)."""
-import asyncio
-import json
-import threading
-
+"""The runner end to end against a fake OpenAI SSE server."""
 import pytest
-from aiohttp import web
 
 from gyges.bench.report import replay_lines, result_json, table
 from gyges.bench.runner import BenchConfig, build_workload, run_benchmark
 from gyges.bench.slo import Baseline, Line
-from gyges.cli import main
-
-MAX_PROMPT = 60  # the fake server rejects longer prompts with HTTP 400
-TRACE = [{"timestamp": 0, "input_length": 1024, "output_length": 64, "hash_ids": [0, 1]},
-         {"timestamp": 100, "input_length": 1500, "output_length": 32, "hash_ids": [0, 2, 3]},
-         {"timestamp": 200, "input_length": 400, "output_length": 16, "hash_ids": [4]},
-         {"timestamp": 300, "input_length": 4096, "output_length": 16, "hash_ids": list(range(5, 13))}]
-
-
-class FakeServer:
-    """Streams one chunk per token, 1 ms apart, then the usage chunk; remembers every request."""
-
-    def __init__(self):
-        self.bodies, self.running, self.peak = [], 0, 0
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    async def completions(self, request: web.Request):
-        body = await request.json()
-        self.bodies.append(body)
-        if not all(isinstance(t, int) for t in body["prompt"]) or len(body["prompt"]) > MAX_PROMPT:
-            return web.json_response({"error": {"message": "prompt too long"}}, status=400)
-        self.running += 1
-        self.peak = max(self.peak, self.running)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b": ping\n\n")
-        for i in range(body["max_tokens"]):
-            await asyncio.sleep(0.001)
-            await resp.write(f"data: {json.dumps({'choices': [{'index': 0, 'text': f't{i}'}]})}\n\n".encode())
-        usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": body["max_tokens"]}
-        await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
-        self.running -= 1
-        return resp
-
-    async def models(self, request):
-        return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
-
-    def _serve(self):
-        self.loop = asyncio.new_event_loop()
-        app = web.Application()
-        app.add_routes([web.post("/v1/completions", self.completions), web.get("/v1/models", self.models)])
-        runner = web.AppRunner(app)
-        self.loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(runner.cleanup())
-
-    def __enter__(self):
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
+from tests.bench.fake_openai import FakeServer, write_trace
 
 
 @pytest.fixture
 def trace(tmp_path):
-    path = tmp_path / "t.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in TRACE))
-    return str(path)
+    return write_trace(tmp_path / "t.jsonl")
 
 
 def test_replay_trace_end_to_end(trace):
@@ -127,27 +58,3 @@ def test_rate_and_concurrency(trace):
         res = run_benchmark(cfg)
     assert srv.peak == 1 and res.metrics.completed == 4 and res.workload.clipped == 1
     assert [len(b["prompt"]) for b in srv.bodies] == [32, 47, 12, 49]
-
-
-def test_cli_writes_result_and_replay(trace, tmp_path, capsys):
-    with FakeServer() as srv:
-        rc = main(["bench", "--base-url", srv.url, "--trace", trace, "--length-scale", "0.03125", "--time-scale",
-                   "0.1", "--model", "m", "--max-requests", "3", "--request-rate", "100", "--burstiness", "2",
-                   "--goodput", "ttft:5000", "--result-file", str(tmp_path / "r.json"),
-                   "--save-requests", str(tmp_path / "req.jsonl"), "--disable-tqdm"])
-    assert rc == 0 and {b["model"] for b in srv.bodies} == {"m"}
-    assert "Request goodput (req/s):" in capsys.readouterr().out
-    result = json.loads((tmp_path / "r.json").read_text())
-    assert result["completed"] == 3 and len(result["requests"]) == 3 and result["config"]["request_rate"] == 100
-    assert len((tmp_path / "req.jsonl").read_text().splitlines()) == 3
-
-
-def test_bad_config_and_unreachable_server(trace, capsys):
-    with pytest.raises(ValueError, match="completions"):
-        BenchConfig(base_url="x", endpoint="/v1/chat/completions")
-    with pytest.raises(ValueError, match="baseline"):
-        BenchConfig(base_url="x", slo={"ttft": 5.0})
-    assert main(["bench", "--trace", trace, "--slo", "ttft:5"]) == 2
-    assert "expected a positive multiple" in capsys.readouterr().err
-    assert main(["bench", "--base-url", "http://127.0.0.1:9", "--trace", trace, "--disable-tqdm"]) == 2
-    assert "/v1/models failed" in capsys.readouterr().err
