@@ -1,0 +1,141 @@
+"""One simulation: a trace's requests submitted to the real controller, policy and schedulers at
+their arrival times, on simulated devices (SimBackend), and what each request saw."""
+import time
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from gyges.bench.traces import TraceRequest
+from gyges.cluster.controller import Controller, ControllerConfig
+from gyges.engine.sequence import SamplingParams, Sequence
+from gyges.memory.layout import DeviceLayout, device_layout
+from gyges.model.config import ModelConfig
+from gyges.policy.cost_model import CostModel, HardwareProfile, ModelProfile, StepLoad
+from gyges.sim.backend import TOKEN, SimBackend
+from gyges.sim.layouts import aligned
+from gyges.sim.stretch import decode_stretch
+
+DTYPE_BYTES = 2  # bf16
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The simulated cluster. Engine limits are vLLM's GPU defaults (256 sequences, 8,192 batched
+    tokens with chunked prefill); block size 16 as in vLLM."""
+    model: ModelConfig
+    hw: HardwareProfile
+    gpus: int = 8
+    host_devices: int = 8
+    max_tp: int = 8
+    block_tokens: int = 16
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 8192
+    stretch: bool = True
+    max_stretch_s: float = 1.0
+
+    def __post_init__(self):
+        if self.gpus % min(self.gpus, self.host_devices):
+            raise ValueError(f"{self.gpus} GPUs do not fill hosts of {self.host_devices}")
+
+    @property
+    def host(self) -> int:
+        return min(self.gpus, self.host_devices)
+
+    def cost(self) -> CostModel:
+        return CostModel(ModelProfile.from_config(self.model, self.max_tp, DTYPE_BYTES), self.hw)
+
+    def layout(self) -> DeviceLayout:
+        return device_layout(self.model, self.max_tp, self.block_tokens, DTYPE_BYTES, self.hw.memory_bytes)
+
+    def sizes(self, per_host: tuple[int, ...]) -> list[int]:
+        """Instance sizes over every host, each host cut as `per_host` (aligned, largest first)."""
+        return [len(i) for _ in range(self.gpus // self.host) for i in aligned(per_host)]
+
+
+@dataclass
+class Outcome:
+    prompt_len: int
+    output_len: int
+    arrival_s: float
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    error: str | None = None
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None or self.error else self.first_token_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        if self.ttft_s is None or self.finish_s is None or self.output_len < 2:
+            return None
+        return (self.finish_s - self.first_token_s) / (self.output_len - 1)
+
+
+@dataclass
+class SimResult:
+    outcomes: list[Outcome]
+    end_s: float
+    transformations: int
+    layouts: list[tuple[float, list[list[int]]]]  # (time, instances' devices) at each change
+    tokens: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens out then)
+    wall_s: float = 0.0
+    steps: int = 0
+    launches: int = 0
+
+
+def simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[int, ...] = (1,) * 8,
+             progress: bool = False) -> SimResult:
+    t_wall = time.perf_counter()
+    backend = SimBackend(setup.cost(), setup.max_stretch_s)
+    cfg = ControllerConfig(setup.max_tp, setup.block_tokens, setup.max_num_seqs, setup.max_batched_tokens,
+                           setup.host_devices, stretch=decode_stretch if setup.stretch else None)
+    out: dict[int, Outcome] = {}
+    tokens: list[tuple[float, int]] = []
+    bar = tqdm(total=len(trace), desc="simulate", unit="req", disable=not progress, leave=False)
+
+    def on_output(seq: Sequence, new: list[int], _):
+        o, now = out[seq.id], backend.now()
+        if new:
+            tokens.append((now, len(new)))
+            if o.first_token_s is None:
+                o.first_token_s = now
+        if seq.finished:
+            o.finish_s, o.error = now, seq.error
+            bar.update(1)
+
+    ctl = Controller(backend, setup.layout(), cfg, policy, set(), setup.sizes(per_host), on_output)
+    layouts = [(0.0, [list(i.devices) for i in ctl.instances])]
+
+    def run(until: float | None):
+        ctl.run_once(until)
+        now = [list(i.devices) for i in ctl.instances]
+        if now != layouts[-1][1]:
+            layouts.append((backend.now(), now))
+
+    for r in trace:
+        while backend.now() < r.arrival_s:
+            run(r.arrival_s)
+        seq = Sequence([TOKEN] * r.input_len, SamplingParams(max_tokens=r.output_len, ignore_eos=True, seed=0))
+        out[seq.id] = Outcome(r.input_len, r.output_len, r.arrival_s)
+        ctl.submit(seq)
+    while ctl.has_work:
+        run(None)
+    bar.close()
+    return SimResult(list(out.values()), backend.now(), len(ctl.history), layouts, tokens,
+                     time.perf_counter() - t_wall, backend.steps_run, backend.launches)
+
+
+def unloaded(cost: CostModel, capacity_by_tp: dict[int, int], prompt: int, output: int,
+             max_batched_tokens: int) -> tuple[float, float]:
+    """TTFT and mean TPOT of a request alone on the smallest instance that holds it (the SLO's
+    reference): chunked prefill in `max_batched_tokens` chunks, then decodes over a growing context."""
+    tp = min((t for t, cap in capacity_by_tp.items() if cap >= prompt + output), default=max(capacity_by_tp))
+    ttft, done = 0.0, 0
+    while done < prompt:
+        n = min(max_batched_tokens, prompt - done)
+        ttft += cost.step_time(tp, StepLoad.of([(n, done)]))
+        done += n
+    mid = prompt + output / 2  # decode time is linear in context: the mean step is at the middle one
+    tpot = cost.step_time(tp, StepLoad.of(decode_lens=[round(mid)])) if output > 1 else 0.0
+    return ttft, tpot

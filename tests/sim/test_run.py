@@ -1,0 +1,66 @@
+"""The event loop on tiny traces with known answers, and stretch == stepping one by one."""
+from dataclasses import replace
+
+import pytest
+
+from gyges.bench.traces import TraceRequest
+from gyges.policy.cost_model import StepLoad
+from gyges.policy.policy import GygesPolicy, StaticPolicy
+from gyges.sim.profiles import gpu, model
+from gyges.sim.run import Setup, simulate
+
+
+def setup(gpus=1, kv_tokens=None, stretch=True, **kw) -> Setup:
+    """Llama-3.1-8B on H100s; `kv_tokens`: shrink memory so a TP1 instance holds about that many."""
+    s = Setup(model("llama-3.1-8b"), gpu("h100"), gpus=gpus, max_tp=min(gpus, 8), stretch=stretch, **kw)
+    if kv_tokens is not None:
+        c = s.cost()
+        mem = c.model.weight_bytes(1) + kv_tokens * c.model.kv_bytes_per_token
+        s = replace(s, hw=replace(s.hw, memory_bytes=mem))
+    return s
+
+
+def decode_times(s: Setup, tp: int, prompt: int, output: int) -> float:
+    c = s.cost()
+    return sum(c.step_time(tp, StepLoad.of(decode_lens=[prompt + i + 1])) for i in range(output - 1))
+
+
+@pytest.mark.parametrize("stretch", [False, True])
+def test_one_request_alone(stretch):
+    s = setup(stretch=stretch)
+    r = simulate([TraceRequest(2.0, 1000, 50)], s, StaticPolicy(), per_host=(1,))
+    o = r.outcomes[0]
+    ttft = s.cost().step_time(1, StepLoad.of([(1000, 0)]))
+    assert o.ttft_s == pytest.approx(ttft, rel=1e-12) and o.error is None
+    assert o.finish_s == pytest.approx(2.0 + ttft + decode_times(s, 1, 1000, 50), rel=1e-9)
+    assert r.transformations == 0 and (r.launches == 50) is (not stretch)
+
+
+def test_two_requests_must_queue():
+    s = setup(kv_tokens=1500)  # each needs ~1,050 tokens: they cannot run together
+    r = simulate([TraceRequest(0.0, 1000, 50), TraceRequest(0.0, 1000, 50)], s, StaticPolicy(), per_host=(1,))
+    a, b = sorted(r.outcomes, key=lambda o: o.finish_s)
+    assert a.error is None and b.error is None
+    assert b.first_token_s >= a.finish_s  # the second starts only when the first frees its pages
+    assert b.ttft_s == pytest.approx(a.ttft_s + (a.finish_s - a.first_token_s) + a.ttft_s, rel=1e-9)
+
+
+def test_long_request_triggers_a_merge():
+    s = setup(gpus=2, kv_tokens=2000)
+    long = TraceRequest(0.0, 3000, 20)  # fits no TP1 instance; a TP2 one holds ~4x as much
+    r = simulate([long], s, GygesPolicy(s.cost()), per_host=(1, 1))
+    assert r.outcomes[0].error is None and r.transformations >= 1
+    assert any(len(devs) == 2 for _, layout in r.layouts for devs in layout)
+    static = simulate([long], s, StaticPolicy(), per_host=(1, 1))
+    assert static.outcomes[0].error is not None  # the static layout rejects it
+
+
+def test_stretch_equals_step_by_step():
+    trace = [TraceRequest(0.1 * i, 200 + 37 * i, 20 + 7 * (i % 5)) for i in range(30)]
+    runs = [simulate(trace, setup(kv_tokens=6000, stretch=st), StaticPolicy(), per_host=(1,)) for st in (False, True)]
+    step, stretch = runs
+    assert stretch.launches < step.launches / 3
+    assert stretch.steps == step.steps
+    for a, b in zip(step.outcomes, stretch.outcomes):
+        assert b.first_token_s == pytest.approx(a.first_token_s, rel=1e-9)
+        assert b.finish_s == pytest.approx(a.finish_s, rel=1e-9)
