@@ -1,0 +1,81 @@
+"""A stand-in for `gyges.cluster.engine.Engine` with the same contract: it 'generates' a fixed
+script of tokens from a thread of its own, so the HTTP layer is tested without workers."""
+import threading
+import time
+from dataclasses import dataclass, field
+
+from gyges.cluster.engine import EngineDown, EngineStats, QueueFull, RequestError, TokenEvent
+from gyges.engine.sampler import TokenLogprob
+
+SCRIPT = "Hello there! The answer is 42. 世界 🙂 END and more words after the end of it all"
+
+
+@dataclass
+class FakeModelConfig:
+    vocab_size: int
+    max_position_embeddings: int = 256
+
+
+@dataclass
+class FakeEngine:
+    tokenizer: object
+    max_model_len: int = 256
+    delay_s: float = 0.0
+    queue_full: bool = False
+    down: bool = False
+    submitted: list = field(default_factory=list)
+    aborted: set = field(default_factory=set)
+
+    def __post_init__(self):
+        self.model_config = FakeModelConfig(len(self.tokenizer))
+        self.eos_ids = {self.tokenizer.eos_token_id}
+        self.script = self.tokenizer.encode(SCRIPT, add_special_tokens=False)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def submit(self, prompt_ids, params, on_event) -> int:
+        if self.down:
+            raise EngineDown("the cluster is down: test")
+        if self.queue_full:
+            raise QueueFull("1 requests are queued (--max-queued-requests 1)")
+        if len(prompt_ids) > 200:
+            raise RequestError("the request needs more KV than the largest instance holds")
+        with self._lock:
+            rid, self._next = self._next, self._next + 1
+        self.submitted.append((rid, list(prompt_ids), params))
+        threading.Thread(target=self._run, args=(rid, params, on_event), daemon=True).start()
+        return rid
+
+    def _run(self, rid, params, on_event):
+        n = params.max_tokens or len(self.script)
+        for i in range(n):
+            time.sleep(self.delay_s)
+            if rid in self.aborted:
+                return on_event(TokenEvent(rid, [], None, True, "abort", None))
+            tok = self.script[i % len(self.script)]
+            lps = None if params.logprobs is None else [
+                TokenLogprob(tok, -0.25, 1, [(tok, -0.25), (3, -2.0)][:params.logprobs])]
+            last = i == n - 1
+            on_event(TokenEvent(rid, [tok], lps, last, "length" if last else None, None))
+
+    def abort(self, request_id: int):
+        self.aborted.add(request_id)
+
+    def cluster_info(self) -> dict:
+        return {"devices": 2, "instances": [{"id": 0, "devices": [0], "tp": 1}], "transformations": []}
+
+    def stats(self) -> EngineStats:
+        return EngineStats(1, 2, {0: 0.5, 1: 0.25}, {1: 2},
+                           [{"kind": "merge", "duration_s": 0.3, "stall_s": 0.02}], 10, 20)
+
+    def merge(self, devices):
+        if devices != [0, 1]:
+            raise ValueError(f"devices {devices} do not cover whole instances")
+        return {"kind": "merge", "from": [[0], [1]], "to": [[0, 1]]}
+
+    def split(self, device, parts):
+        return {"kind": "split", "from": [[0, 1]], "to": [[0], [1]]}
+
+    @property
+    def healthy(self) -> bool:
+        return not self.down
