@@ -1,0 +1,22 @@
+"""The policy's knobs, checked once."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    output_estimate: int = 1024   # KV tokens assumed for the output when the client gives no max_tokens
+    max_num_seqs: int = 64        # the engine's batch limit: beyond it more KV buys no throughput
+    min_dwell_s: float = 10.0     # a merged instance serves at least this long before it may split; also
+                                  # the horizon over which a transformation must earn back its stall
+    gain_margin: float = 0.1      # a new layout must serve this fraction more than the old one
+    split_max_utilization: float = 0.5  # a split leaves no part more promised than this (or than the busiest
+                                        # other instance): the hysteresis band below merging's 100%
+    switch_tokens: int = 16       # KV tokens per request left for the switch after pre-copy (about a block)
+
+    def __post_init__(self):
+        if self.output_estimate < 1 or self.max_num_seqs < 1 or self.switch_tokens < 0:
+            raise ValueError("output_estimate and max_num_seqs must be positive, switch_tokens non-negative")
+        if self.min_dwell_s < 0 or self.gain_margin < 0:
+            raise ValueError("min_dwell_s and gain_margin must be non-negative")
+        if not 0 < self.split_max_utilization <= 1:
+            raise ValueError(f"split_max_utilization must be in (0, 1], got {self.split_max_utilization}")

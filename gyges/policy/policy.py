@@ -1,0 +1,126 @@
+"""Where each request goes, and when instances merge or split: `decide(snapshot, event) -> actions`.
+
+Pure and reactive: the actions depend on the snapshot and the event only (no clock, no randomness,
+no prediction of arrivals). Requests the policy held are offered again on every event, before the
+event's own arrival, and each offered request gets exactly one Route, Hold or Reject.
+"""
+from dataclasses import replace
+
+from gyges.policy.config import PolicyConfig
+from gyges.policy.cost_model import CostModel
+from gyges.policy.load import freeness
+from gyges.policy.reshape import best_split, degrees, merge_for, pressure_merge
+from gyges.policy.snapshot import (Action, Arrival, Event, Hold, InstanceView, Merge, Reject, RequestView, Route,
+                                   Snapshot, Split)
+
+
+def route_target(instances: tuple[InstanceView, ...], need: int) -> InstanceView | None:
+    """The instance with the most room per request among those that can ever hold `need` tokens and
+    take requests now; a full one still qualifies (the request queues there), a too-small one never."""
+    fits = [i for i in instances if not i.transforming and i.kv_capacity_tokens >= need]
+    return max(fits, key=lambda i: (freeness(i), -i.id), default=None)
+
+
+class _Plan:
+    """The snapshot as this decision changes it: routed requests join their instance's queue, and the
+    instances of a transformation started now take no more requests."""
+
+    def __init__(self, snap: Snapshot):
+        self.snap = snap
+        self._instances = {i.id: i for i in snap.instances}
+        self.busy = snap.pending is not None
+
+    @property
+    def instances(self) -> tuple[InstanceView, ...]:
+        return tuple(self._instances.values())
+
+    def route(self, request: RequestView, inst: InstanceView) -> Route:
+        self._instances[inst.id] = replace(inst, waiting=inst.waiting + (request,))
+        return Route(request.id, inst.id)
+
+    def start(self, devices: tuple[int, ...]) -> None:
+        for i in self.instances:
+            if set(i.devices) <= set(devices):
+                self._instances[i.id] = replace(i, transforming=True)
+        self.busy = True
+
+
+def _offered(snap: Snapshot, event: Event) -> list[RequestView]:
+    return list(snap.held) + ([event.request] if isinstance(event, Arrival) else [])
+
+
+class StaticPolicy:
+    """Routes like GygesPolicy on a layout that never changes; what no instance of it holds is rejected."""
+
+    def __init__(self, config: PolicyConfig | None = None):
+        self.config = config or PolicyConfig()
+
+    def decide(self, snap: Snapshot, event: Event) -> list[Action]:
+        plan = _Plan(snap)
+        actions: list[Action] = []
+        for r in _offered(snap, event):
+            actions += self._place(plan, r)
+        return actions + self._reshape(plan)
+
+    def limit(self, snap: Snapshot) -> tuple[int, str]:
+        """The most KV tokens one request may need here, and what sets that limit."""
+        big = max(snap.instances, key=lambda i: (i.kv_capacity_tokens, -i.id))
+        return big.kv_capacity_tokens, f"the largest instance of this layout (TP{big.tp})"
+
+    def _place(self, plan: _Plan, r: RequestView) -> list[Action]:
+        limit, what = self.limit(plan.snap)
+        if r.need_tokens > limit:
+            return [Reject(r.id, f"the request needs {r.need_tokens} KV tokens (a {r.prompt_tokens}-token prompt "
+                                 f"plus its output); {what} holds at most {limit}")]
+        target = route_target(plan.instances, r.need_tokens)
+        if target is not None:
+            return [plan.route(r, target)]
+        return self._no_room(plan, r)
+
+    def _no_room(self, plan: _Plan, r: RequestView) -> list[Action]:
+        return [Hold(r.id, "every instance that can hold it is transforming")]
+
+    def _reshape(self, plan: _Plan) -> list[Action]:
+        return []
+
+
+class GygesPolicy(StaticPolicy):
+    """Keeps devices as small instances; merges when a request fits none of them, or when KV-starved
+    instances would serve more merged; splits back when the parts serve more. One transformation at
+    a time; every merge or split that is not forced must earn back its stall (see reshape.py)."""
+
+    def __init__(self, cost: CostModel, config: PolicyConfig | None = None):
+        super().__init__(config)
+        self.cost = cost
+
+    def limit(self, snap: Snapshot) -> tuple[int, str]:
+        tp = degrees(snap)[-1]
+        return snap.kv_capacity_by_tp[tp], f"the largest instance this cluster can form (TP{tp})"
+
+    def _no_room(self, plan: _Plan, r: RequestView) -> list[Action]:
+        """No instance can ever hold it as it is: merge the group that will (forced, so no cost test:
+        the alternative is never serving it), and hold the request until the merged instance is up."""
+        if plan.busy:
+            return [Hold(r.id, f"needs {r.need_tokens} KV tokens: waiting for the transformation in progress")]
+        group = merge_for(plan.snap, plan.instances, r.need_tokens)
+        if group is None:
+            return [Hold(r.id, f"needs {r.need_tokens} KV tokens: no group of idle instances can merge yet")]
+        plan.start(group.devices)
+        reason = f"request {r.id} needs {r.need_tokens} KV tokens, more than any instance holds"
+        return [Merge(group.devices, reason), Hold(r.id, f"waiting for the merge of devices {list(group.devices)}")]
+
+    def _reshape(self, plan: _Plan) -> list[Action]:
+        if plan.busy:
+            return []
+        merge = pressure_merge(self.cost, plan.snap, plan.instances, self.config)
+        if merge is not None:
+            plan.start(merge.group.devices)
+            return [Merge(merge.group.devices, f"KV-starved instances: merged serves {merge.after:.0f} tokens/s "
+                                               f"instead of {merge.before:.0f}")]
+        split = best_split(self.cost, plan.snap, plan.instances, self.config)
+        if split is not None:
+            inst = split.group.members[0]
+            plan.start(inst.devices)
+            return [Split(inst.id, split.parts, f"{split.parts} parts serve {split.after:.0f} tokens/s "
+                                                f"instead of {split.before:.0f}")]
+        return []

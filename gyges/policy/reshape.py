@@ -1,0 +1,173 @@
+"""Which merge or split to start, if any: pure choices over a snapshot, priced by the cost model."""
+from dataclasses import dataclass
+
+from gyges.policy.config import PolicyConfig
+from gyges.policy.cost_model import CostModel, TransformCost
+from gyges.policy.load import promised, remaining_work, requests_of, room, serving_load, utilization
+from gyges.policy.snapshot import InstanceView, RequestView, Snapshot
+
+
+@dataclass(frozen=True)
+class Group:
+    """An aligned group of devices and the instances that exactly cover it."""
+    devices: tuple[int, ...]
+    members: tuple[InstanceView, ...]
+
+    @property
+    def tp(self) -> int:
+        return len(self.devices)
+
+    @property
+    def requests(self) -> tuple[RequestView, ...]:
+        return tuple(r for m in self.members for r in requests_of(m))
+
+
+def degrees(snap: Snapshot) -> list[int]:
+    """TP degrees an instance can have here: powers of two up to max_tp, inside one host."""
+    return [t for t in sorted(snap.kv_capacity_by_tp) if t <= min(snap.max_tp, snap.host_devices)]
+
+
+def mergeable(snap: Snapshot, instances: tuple[InstanceView, ...], tp: int) -> list[Group]:
+    """Aligned groups of `tp` devices in one host covering two or more whole instances, none transforming."""
+    out = []
+    for start in range(0, snap.devices - tp + 1, tp):
+        if start // snap.host_devices != (start + tp - 1) // snap.host_devices:
+            continue
+        span = range(start, start + tp)
+        members = tuple(i for i in instances if any(d in span for d in i.devices))
+        if (sum(m.tp for m in members) == tp and len(members) > 1 and all(set(m.devices) <= set(span) for m in members)
+                and not any(m.transforming for m in members)):
+            out.append(Group(tuple(span), members))
+    return out
+
+
+def kv_to_move(group: Group) -> float:
+    """KV tokens that leave their device: a TP-t member keeps t/T of each request's KV where it is."""
+    return sum(r.computed_tokens * (1 - m.tp / group.tp) for m in group.members for r in m.running)
+
+
+def merge_for(snap: Snapshot, instances: tuple[InstanceView, ...], need: int) -> Group | None:
+    """The group to merge for a request no instance can hold: the smallest degree whose instance holds
+    it; among its groups, first one with room for it now (else it waits for work to drain), then the
+    least KV to move (a shorter transformation), then the least work left (fewer requests stalled)."""
+    for tp in degrees(snap):
+        cap = snap.kv_capacity_by_tp[tp]
+        groups = mergeable(snap, instances, tp) if cap >= need else []
+        if groups:
+            def key(g: Group):
+                return (cap - sum(promised(m) for m in g.members) < need, kv_to_move(g),
+                        sum(remaining_work(m) for m in g.members), g.devices[0])
+            return min(groups, key=key)
+    return None
+
+
+@dataclass(frozen=True)
+class Reshape:
+    group: Group
+    parts: int            # 1 for a merge into group; > 1 for a split of its one member
+    before: float         # tokens/s the devices serve now
+    after: float          # tokens/s they would serve
+    cost: TransformCost
+
+    def net(self, horizon_s: float) -> float:
+        """Tokens gained over `horizon_s` less the tokens not produced during the stall."""
+        return (self.after - self.before) * horizon_s - self.before * self.cost.stall_s
+
+    def worth(self, config: PolicyConfig) -> bool:
+        return self.after > self.before * (1 + config.gain_margin) and self.net(config.min_dwell_s) > 0
+
+
+def _moved(cost: CostModel, requests, keep: float, switch_tokens: int) -> tuple[float, float]:
+    """(bytes moved, bytes in the switch) for running `requests` keeping fraction `keep` of their KV in place."""
+    kvb = cost.model.kv_bytes_per_token * (1 - keep)
+    return (sum(r.computed_tokens for r in requests) * kvb,
+            sum(min(r.computed_tokens, switch_tokens) for r in requests) * kvb)
+
+
+def price_merge(cost: CostModel, snap: Snapshot, group: Group, config: PolicyConfig) -> Reshape:
+    """Serving now: each member its own requests (a KV-starved member runs a small batch); merged:
+    all of them in one instance with the merged capacity."""
+    before = sum(cost.throughput(m.tp, serving_load(requests_of(m)), m.kv_capacity_tokens, config.max_num_seqs)
+                 for m in group.members)
+    after = cost.throughput(group.tp, serving_load(group.requests), snap.kv_capacity_by_tp[group.tp],
+                            config.max_num_seqs)
+    moved = switch = 0.0
+    for m in group.members:
+        b, s = _moved(cost, m.running, m.tp / group.tp, config.switch_tokens)
+        moved, switch = moved + b, switch + s
+    return Reshape(group, 1, before, after, cost.transform_cost(moved, switch, group.tp))
+
+
+def pressure_merge(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, ...],
+                   config: PolicyConfig) -> Reshape | None:
+    """A merge that pays although every request fits somewhere: instances overcommitted on KV run
+    small batches, and one merged instance (which also turns the weight shards it drops into KV) may
+    serve more. Only groups whose members are all starved qualify: at light load a merged instance
+    steps faster, but the load, not the step rate, bounds what is served, and an idle member serves
+    the next arrivals better on its own. The smallest degree that pays wins, then the largest gain."""
+    for tp in degrees(snap)[1:]:
+        priced = [price_merge(cost, snap, g, config) for g in mergeable(snap, instances, tp)
+                  if all(room(m) < 0 for m in g.members)]
+        worth = [r for r in priced if r.worth(config)]
+        if worth:
+            return max(worth, key=lambda r: (r.net(config.min_dwell_s), -r.group.devices[0]))
+    return None
+
+
+def pack(requests: tuple[RequestView, ...], parts: int, capacity: int) -> list[list[RequestView]] | None:
+    """Requests dealt to `parts` instances of `capacity` KV tokens, largest need first, each to the part
+    with the most room (balanced parts); None if some request fits no part."""
+    bins: list[list[RequestView]] = [[] for _ in range(parts)]
+    free = [capacity] * parts
+    for r in sorted(requests, key=lambda r: (-r.need_tokens, r.id)):
+        i = max(range(parts), key=lambda j: (free[j], -j))
+        if free[i] < r.need_tokens:
+            return None
+        bins[i].append(r)
+        free[i] -= r.need_tokens
+    return bins
+
+
+def keeps_balance(part_utilizations: list[float], other_utilizations: list[float], band: float) -> bool:
+    """A split must not make a part the cluster's hot spot: no part more promised than the busiest
+    other instance, or than `band`. Merging happens above 100% of an instance and splitting only
+    below `band`: the gap is what stops alternating long and short requests from thrashing."""
+    return max(part_utilizations) <= max([band, *other_utilizations])
+
+
+def price_split(cost: CostModel, snap: Snapshot, inst: InstanceView, parts: int, config: PolicyConfig) -> Reshape:
+    """Compared full, not at the present load: a split gives devices back for the load to come, which
+    a reactive policy cannot see, so the question is which layout serves more requests like these
+    (or like the output estimate when it is idle) once busy."""
+    t = inst.tp // parts
+    full = config.max_num_seqs * inst.tp
+    load = serving_load(requests_of(inst), count=full, idle_need=config.output_estimate)
+    before = cost.throughput(inst.tp, load, inst.kv_capacity_tokens, config.max_num_seqs)
+    after = parts * cost.throughput(t, load, snap.kv_capacity_by_tp[t], config.max_num_seqs)
+    kv, switch = _moved(cost, inst.running, t / inst.tp, config.switch_tokens)
+    weights = inst.tp * (cost.model.weight_bytes(t) - cost.model.weight_bytes(inst.tp))
+    return Reshape(Group(inst.devices, (inst,)), parts, before, after, cost.transform_cost(kv + weights, switch, inst.tp))
+
+
+def best_split(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, ...],
+               config: PolicyConfig) -> Reshape | None:
+    """A split of a merged instance that has served its dwell time, whose requests all fit the parts,
+    that keeps the balance (a long request left alone at 90% of a part, beside instances half full,
+    keeps it merged: the next long arrival would merge it again), and whose parts serve more."""
+    best = None
+    for inst in instances:
+        if inst.tp == 1 or inst.transforming or snap.time - inst.formed_at < config.min_dwell_s:
+            continue
+        others = [utilization(i) for i in instances if i is not inst and not i.transforming]
+        for parts in (p for p in (2, 4, 8, 16, 32, 64) if p <= inst.tp):
+            cap = snap.kv_capacity_by_tp[inst.tp // parts]
+            bins = pack(requests_of(inst), parts, cap)
+            if bins is None:
+                continue
+            if not keeps_balance([sum(r.need_tokens for r in b) / cap for b in bins], others,
+                                 config.split_max_utilization):
+                continue
+            r = price_split(cost, snap, inst, parts, config)
+            if r.worth(config) and (best is None or r.net(config.min_dwell_s) > best.net(config.min_dwell_s)):
+                best = r
+    return best

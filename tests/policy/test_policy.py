@@ -1,0 +1,296 @@
+"""GygesPolicy and StaticPolicy on hand-made snapshots: a Llama-3-8B-like model on 24 GiB devices."""
+import pytest
+
+from gyges.model.config import ModelConfig
+from gyges.policy.config import PolicyConfig
+from gyges.policy.cost_model import CostModel, HardwareProfile, ModelProfile
+from gyges.policy.policy import GygesPolicy, StaticPolicy
+from gyges.policy.reshape import keeps_balance, pack
+from gyges.policy.snapshot import (Arrival, Finished, Hold, InstanceView, Merge, PendingTransform, Reject,
+                                   RequestView, Route, Snapshot, Split, StepDone, Tick, TransformDone)
+
+CONFIG = ModelConfig(arch="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
+                     num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=5e5,
+                     max_position_embeddings=131072, tie_word_embeddings=False)
+HW = HardwareProfile("gpu", 3.35e12, 990e12, 450e9, 1e-5, 24 * 2**30, mem_efficiency=0.7, flop_efficiency=0.5,
+                     link_efficiency=0.7, transfer_efficiency=0.5, step_overhead_s=2e-3, switch_overhead_s=0.05)
+COST = CostModel(ModelProfile.from_config(CONFIG, max_tp=4, dtype_bytes=2), HW)
+CAP = {t: COST.kv_capacity_tokens(t, block_tokens=16) for t in (1, 2, 4)}
+LONG = CAP[1] + 1000  # fits no TP1 instance, fits TP2
+
+
+def test_capacities_make_the_scenarios_meaningful():
+    assert CAP[1] < LONG < CAP[2] < CAP[4]
+
+
+def req(id: int, need: int, computed: int = 0, prompt: int | None = None, arrived: float = 0.0) -> RequestView:
+    return RequestView(id, prompt if prompt is not None else need // 2, need, computed, arrived)
+
+
+def inst(first: int, tp: int = 1, running=(), waiting=(), formed_at: float = 0.0, transforming=False) -> InstanceView:
+    cap = CAP[tp]
+    devices = tuple(range(first, first + tp))
+    return InstanceView(first, devices, cap, cap - sum(r.computed_tokens for r in running), tuple(running),
+                        tuple(waiting), formed_at, transforming)
+
+
+def snap(*instances, time=0.0, held=(), pending=None, host=4) -> Snapshot:
+    return Snapshot(time, 4, 4, host, dict(CAP), tuple(instances), tuple(held), pending)
+
+
+def tp1s(**loads):
+    """Four TP1 instances; `loads` maps 'i0'..'i3' to (running, waiting)."""
+    return [inst(d, 1, *loads.get(f"i{d}", ((), ()))) for d in range(4)]
+
+
+POLICY = GygesPolicy(COST)
+
+
+# routing
+
+def test_routes_to_the_instance_with_most_room_per_request():
+    busy = ((req(1, 20000, 10000), req(2, 20000, 10000)), ())
+    light = ((req(3, 20000, 10000),), ())
+    s = snap(*tp1s(i0=busy, i1=busy, i2=light, i3=busy))
+    assert POLICY.decide(s, Arrival(req(9, 2000))) == [Route(9, 2)]
+
+
+def test_queued_requests_count_against_room():
+    s = snap(*tp1s(i0=((), (req(1, 30000),)), i1=((), (req(2, 30000),)), i2=((), (req(3, 30000),)),
+                   i3=((req(4, 30000, 1000),), ())))
+    # i3's running request holds only 1,000 tokens now, but will grow to 30,000 like the queued ones
+    actions = POLICY.decide(s, Arrival(req(9, 2000)))
+    assert actions == [Route(9, 0)]  # equal room everywhere: lowest id
+
+
+def test_never_routes_where_it_cannot_fit():
+    """A busy TP2 instance still beats empty TP1 instances that could never hold the request."""
+    crowded = inst(0, 2, running=[req(i, 30000, 30000) for i in range(5)])
+    s = snap(crowded, inst(2), inst(3))
+    assert POLICY.decide(s, Arrival(req(9, LONG))) == [Route(9, 0)]
+
+
+def test_several_offered_requests_spread_over_instances():
+    s = snap(*tp1s(), held=(req(1, 30000), req(2, 30000), req(3, 30000)))
+    actions = POLICY.decide(s, Arrival(req(4, 30000)))
+    assert sorted(a.instance for a in actions) == [0, 1, 2, 3]
+
+
+def test_rejects_what_no_layout_can_hold():
+    actions = POLICY.decide(snap(*tp1s()), Arrival(req(9, CAP[4] + 1)))
+    assert len(actions) == 1 and isinstance(actions[0], Reject)
+    assert "TP4" in actions[0].reason and str(CAP[4]) in actions[0].reason
+
+
+def test_merges_stay_within_a_host():
+    actions = POLICY.decide(snap(*tp1s(), host=2), Arrival(req(9, CAP[2] + 1)))
+    assert len(actions) == 1 and isinstance(actions[0], Reject) and "TP2" in actions[0].reason
+    assert merge_of(POLICY.decide(snap(*tp1s(), host=2), Arrival(req(9, LONG)))).devices == (0, 1)
+
+
+# forced merges: the group
+
+def merge_of(actions) -> Merge:
+    merges = [a for a in actions if isinstance(a, Merge)]
+    assert len(merges) == 1, actions
+    return merges[0]
+
+
+def test_merges_the_pair_with_least_kv_to_move_and_holds_the_request():
+    s = snap(*tp1s(i0=((req(1, 20000, 15000),), ()), i1=((req(2, 20000, 15000),), ()),
+                   i2=((req(3, 20000, 5000),), ()), i3=((req(4, 20000, 5000),), ())))
+    actions = POLICY.decide(s, Arrival(req(9, LONG)))
+    assert merge_of(actions).devices == (2, 3)
+    assert actions[-1] == Hold(9, actions[-1].reason) and "merge" in actions[-1].reason
+
+
+def test_a_group_that_holds_it_now_comes_before_less_kv():
+    """Devices 2-3 move less KV, but their promised work leaves no room for the request until it drains."""
+    s = snap(*tp1s(i0=((req(1, 20000, 15000),), ()), i1=((req(2, 20000, 15000),), ()),
+                   i2=((req(3, 20000, 5000),), (req(5, 70000),)), i3=((req(4, 20000, 5000),), (req(6, 70000),))))
+    assert merge_of(POLICY.decide(s, Arrival(req(9, LONG)))).devices == (0, 1)
+
+
+def test_least_work_breaks_a_tie_in_kv():
+    s = snap(*tp1s(i0=((req(1, 60000, 5000),), ()), i1=((req(2, 60000, 5000),), ()),
+                   i2=((req(3, 20000, 5000),), ()), i3=((req(4, 20000, 5000),), ())))
+    assert merge_of(POLICY.decide(s, Arrival(req(9, LONG)))).devices == (2, 3)
+
+
+def test_smallest_degree_that_holds_it():
+    assert merge_of(POLICY.decide(snap(*tp1s()), Arrival(req(9, LONG)))).devices == (0, 1)
+    assert merge_of(POLICY.decide(snap(*tp1s()), Arrival(req(9, CAP[2] + 1)))).devices == (0, 1, 2, 3)
+
+
+def test_merge_covers_whole_instances():
+    """A TP2 instance on 0-1 can only join a TP4 merge; the TP1 pair 2-3 is the TP2 candidate."""
+    big = inst(0, 2, running=[req(1, 1000, 500)])
+    assert merge_of(POLICY.decide(snap(big, inst(2), inst(3)), Arrival(req(9, CAP[2] + 1)))).devices == (0, 1, 2, 3)
+    busy = inst(0, 2, running=[req(1, CAP[2] - 10, 500)])
+    actions = POLICY.decide(snap(busy, inst(2), inst(3)), Arrival(req(9, LONG)))
+    assert actions == [Route(9, 0)]  # the TP2 instance can hold it once its work drains: no merge
+    # (it is now overcommitted, but the idle TP1 pair is not: no merge under pressure either)
+
+
+# one transformation at a time, and nothing routed to it
+
+PENDING = PendingTransform("merge", (0, 1), started=0.0)
+
+
+def test_requests_for_a_merging_group_are_held():
+    s = snap(inst(0, transforming=True), inst(1, transforming=True), inst(2), inst(3), pending=PENDING,
+             held=(req(1, LONG),))
+    actions = POLICY.decide(s, Arrival(req(2, 1000)))
+    assert actions[0] == Hold(1, actions[0].reason)
+    assert isinstance(actions[1], Route) and actions[1].instance in (2, 3)
+    assert not any(isinstance(a, (Merge, Split)) for a in actions)
+
+
+def test_transforming_instances_get_nothing_even_when_others_are_full():
+    full = [req(i, 30000, 30000) for i in range(2)]
+    s = snap(inst(0, transforming=True), inst(1, transforming=True), inst(2, running=full), inst(3, running=full),
+             pending=PENDING)
+    assert POLICY.decide(s, Arrival(req(9, 1000)))[0].instance in (2, 3)
+
+
+def test_two_requests_that_need_merges_start_one():
+    actions = POLICY.decide(snap(*tp1s(), held=(req(1, LONG),)), Arrival(req(2, LONG)))
+    assert merge_of(actions).devices == (0, 1)
+    assert [type(a) for a in actions] == [Merge, Hold, Hold]
+
+
+def test_held_request_is_routed_once_the_merge_is_done():
+    s = snap(inst(0, 2, formed_at=5.0), inst(2), inst(3), time=5.0, held=(req(1, LONG),))
+    assert POLICY.decide(s, TransformDone("merge", (0, 1))) == [Route(1, 0)]
+
+
+# merges under memory pressure
+
+def test_merges_kv_starved_instances_when_merged_serves_more():
+    starved = ([req(i, 8000, 4000) for i in range(10)], ())
+    s = snap(*tp1s(i0=starved, i1=starved))  # 10 x 8,000 > 74k tokens: at most 9 run at once
+    actions = POLICY.decide(s, StepDone(0))
+    assert merge_of(actions).devices == (0, 1) and "starved" in merge_of(actions).reason
+
+
+def test_no_merge_at_light_load_or_beside_an_idle_instance():
+    light = ([req(i, 8000, 4000) for i in range(3)], ())
+    assert POLICY.decide(snap(*tp1s(i0=light, i1=light)), StepDone(0)) == []
+    starved = ([req(i, 8000, 4000) for i in range(10)], ())
+    assert POLICY.decide(snap(*tp1s(i0=starved)), StepDone(0)) == []
+
+
+def test_no_merge_whose_stall_outweighs_the_gain():
+    """Barely starved: one request too many gains little, and the stall of moving 70k tokens is not repaid."""
+    slow = CostModel(COST.model, HardwareProfile(**{**HW.__dict__, "switch_overhead_s": 5.0}))
+    barely = ([req(i, 7000, 6000) for i in range(11)], ())
+    s = snap(*tp1s(i0=barely, i1=barely))
+    assert merge_of(POLICY.decide(s, StepDone(0))).devices == (0, 1)
+    assert GygesPolicy(slow).decide(s, StepDone(0)) == []
+
+
+# splits
+
+def short_requests(n: int, first: int = 0) -> list[RequestView]:
+    return [req(first + i, 1000, 600) for i in range(n)]
+
+
+def test_splits_after_the_dwell_time_when_the_parts_serve_more():
+    merged = inst(0, 2, running=short_requests(6), formed_at=0.0)
+    assert POLICY.decide(snap(merged, inst(2), inst(3), time=5.0), Tick()) == []
+    actions = POLICY.decide(snap(merged, inst(2), inst(3), time=10.0), Tick())
+    assert [(a.instance, a.parts) for a in actions] == [(0, 2)]
+
+
+def test_a_tp4_splits_all_the_way_when_that_serves_most():
+    merged = inst(0, 4, running=short_requests(6))
+    assert [(a.instance, a.parts) for a in POLICY.decide(snap(merged, time=60.0), Tick())] == [(0, 4)]
+
+
+def test_no_split_while_a_request_needs_the_merged_instance():
+    merged = inst(0, 2, running=[req(1, LONG, 5000)] + short_requests(3, 2))
+    assert POLICY.decide(snap(merged, inst(2), inst(3), time=60.0), Tick()) == []
+
+
+def test_no_split_that_makes_a_part_the_hot_spot():
+    """With all-reduces this slow the parts always serve more, so balance alone decides: a request of
+    90% of a TP1 instance keeps the instance merged beside half-full instances, not beside fuller ones."""
+    slow_link = GygesPolicy(CostModel(COST.model, HardwareProfile(**{**HW.__dict__, "link_latency": 1e-3})))
+    merged = inst(0, 2, running=[req(1, CAP[1] * 9 // 10, 5000)])
+    half = [req(10, CAP[1] // 2, 1000)]
+    assert slow_link.decide(snap(merged, inst(2, running=half), inst(3, running=half), time=60.0), Tick()) == []
+    full = [req(10, CAP[1] * 19 // 20, 1000)]
+    actions = slow_link.decide(snap(merged, inst(2, running=full), inst(3, running=full), time=60.0), Tick())
+    assert [(a.instance, a.parts) for a in actions] == [(0, 2)]
+
+
+def test_keeps_balance():
+    assert keeps_balance([0.3, 0.1], [0.0], band=0.5)
+    assert not keeps_balance([0.9, 0.0], [0.5, 0.5], band=0.5)
+    assert keeps_balance([0.9, 0.0], [0.95], band=0.5)
+
+
+def test_pack_balances_parts_or_refuses():
+    bins = pack((req(1, 50), req(2, 40), req(3, 30), req(4, 20)), parts=2, capacity=80)
+    assert [[r.id for r in b] for b in bins] == [[1, 4], [2, 3]]
+    assert pack((req(1, 90),), parts=2, capacity=80) is None
+    assert pack((req(1, 60), req(2, 60), req(3, 30)), parts=2, capacity=80) is None
+
+
+def test_no_split_of_long_requests_that_serve_more_merged():
+    """Everything fits the parts, but requests this long fill a TP1 instance with a handful: merged serves more."""
+    merged = inst(0, 2, running=[req(i, 30000, 15000) for i in range(2)])
+    assert POLICY.decide(snap(merged, inst(2), inst(3), time=60.0), Tick()) == []
+
+
+def test_no_thrash_under_alternating_short_and_long_arrivals():
+    """Long requests (each fits only TP2) arrive every 3 s and run 5 s, shorts between them: one merge,
+    no split while longs keep coming, one split after they stop and the dwell time has passed."""
+    policy, transforms, held = GygesPolicy(COST, PolicyConfig(min_dwell_s=10.0)), [], ()
+    tp2, longs = None, {}  # the merged instance's formed_at, running long requests (id -> end time)
+    shorts = short_requests(4, 100)
+    for step in range(0, 40):
+        t = step * 1.0
+        longs = {i: end for i, end in longs.items() if end > t}
+        arrival = req(step, LONG, arrived=t) if step % 3 == 0 and t < 24 else req(1000 + step, 1500, arrived=t)
+        if tp2 is None:
+            instances = [inst(0, running=shorts[:2]), inst(1, running=shorts[2:]), inst(2), inst(3)]
+        else:
+            running = [req(i, LONG, 5000) for i in longs] + shorts
+            instances = [inst(0, 2, running=running, formed_at=tp2), inst(2), inst(3)]
+        actions = policy.decide(snap(*instances, time=t, held=held), Arrival(arrival))
+        transforms += [(t, a) for a in actions if isinstance(a, (Merge, Split))]
+        for a in actions:
+            if isinstance(a, Merge):
+                tp2 = t  # the merge completes before the next event here
+            if isinstance(a, Split):
+                tp2 = None
+            if isinstance(a, Route) and a.instance == 0 and tp2 is not None and a.request < 1000:
+                longs[a.request] = t + 5
+        held = tuple(r for r in (*held, arrival) if any(isinstance(a, Hold) and a.request == r.id for a in actions))
+    kinds = [(type(a).__name__, t) for t, a in transforms]
+    assert kinds[0] == ("Merge", 0.0)
+    assert [k for k, _ in kinds] == ["Merge", "Split"]
+    last_long_ends = 21 + 5  # the last long arrives at 21 s
+    assert kinds[1][1] == last_long_ends  # split at the first event after it finished, not before
+
+
+# static
+
+def test_static_never_transforms_and_rejects_what_its_layout_cannot_hold():
+    static = StaticPolicy()
+    s = snap(*tp1s(i0=([req(i, 8000, 4000) for i in range(10)], ())))
+    assert static.decide(s, Arrival(req(9, 1000))) == [Route(9, 1)]
+    rejected = static.decide(s, Arrival(req(10, LONG)))
+    assert len(rejected) == 1 and isinstance(rejected[0], Reject) and str(CAP[1]) in rejected[0].reason
+    assert static.decide(s, StepDone(0)) == [] and static.decide(s, Finished(1, 0)) == []
+
+
+def test_static_routes_long_requests_to_its_large_instances():
+    s = snap(inst(0, 2), inst(2), inst(3))
+    assert StaticPolicy().decide(s, Arrival(req(9, LONG))) == [Route(9, 0)]
+
+
+def test_bad_config_is_an_error():
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        PolicyConfig(max_num_seqs=0)
