@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     g.set_defaults(func=generate)
     # each further subcommand's module adds its parser and sets `func` (one line each below)
     from gyges.bench.cli import add_parser as add_bench; add_bench(sub)
+    from gyges.server.cli import add_parser as add_serve; add_serve(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

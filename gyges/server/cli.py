@@ -1,0 +1,102 @@
+"""`gyges serve`: the OpenAI-compatible server over a cluster that reshapes itself (vLLM's flags).
+
+SIGINT/SIGTERM: stop accepting (new requests get 503), let running requests finish for up to
+--shutdown-timeout seconds, end the rest with an error, stop every worker, exit. A second
+signal closes the HTTP server at once; the workers are stopped either way.
+"""
+import argparse
+import dataclasses
+import threading
+from pathlib import Path
+
+import uvicorn
+
+from gyges.cli import add_cluster_args, cluster_config
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible API (completions, chat, metrics)")
+    add_cluster_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--policy", default="gyges", choices=["gyges", "static"],
+                   help="gyges: merge and split instances with the traffic; static: keep the start-up layout")
+    p.add_argument("--static-layout", default=None,
+                   help="with --policy static: instance sizes in device order, e.g. 2,1,1 (default: all --tp)")
+    p.add_argument("--api-key", default=None, help="every /v1 call then needs 'Authorization: Bearer KEY'")
+    p.add_argument("--served-model-name", default=None, help="the model's name in the API (default: MODEL)")
+    p.add_argument("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
+    p.add_argument("--chat-template", default=None, help="a Jinja file replacing the tokenizer's chat template")
+    p.add_argument("--max-queued-requests", type=int, default=1024,
+                   help="waiting requests beyond this get 503 with Retry-After")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGINT/SIGTERM, seconds running requests may take to finish")
+    p.add_argument("--output-estimate", type=int, default=1024,
+                   help="output tokens the policy plans KV for when a request sets no max_tokens")
+    p.add_argument("--enable-operator-endpoints", action="store_true",
+                   help="allow POST /v1/cluster/merge and /split without --api-key")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=serve)
+    return p
+
+
+def serve(args) -> int:
+    from gyges.cluster.engine import Engine, ServeConfig
+    from gyges.model.loader import resolve_model
+    from gyges.server.app import ServerSettings, build_app
+    if args.static_layout and args.policy != "static":
+        raise ValueError("--static-layout needs --policy static")
+    cfg = dataclasses.replace(cluster_config(args), layout=args.static_layout)
+    serve_cfg = ServeConfig(policy=args.policy, output_estimate=args.output_estimate,
+                            max_queued_requests=args.max_queued_requests, max_model_len=args.max_model_len)
+    template = Path(args.chat_template).read_text() if args.chat_template else None
+    name = args.served_model_name or args.model or resolve_model(None).stem
+    engine = Engine(cfg, serve_cfg)
+    server = _Server(uvicorn.Config(build_app(engine, ServerSettings(name, args.api_key, args.enable_operator_endpoints,
+                                                                      template)),
+                                    host=args.host, port=args.port, log_level=args.log_level,
+                                    timeout_graceful_shutdown=5),
+                     engine, args.shutdown_timeout)
+    layout = ", ".join(f"TP{i['tp']} {i['devices']}" for i in engine.cluster_info()["instances"])
+    print(f"gyges: serving {name!r} on {args.devices} device(s): {layout}; policy {args.policy}\n"
+          f"gyges: http://{args.host}:{args.port}/v1", flush=True)
+    try:
+        server.run()
+    finally:
+        server.stop_engine()
+    return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but the first signal drains the engine before the server stops."""
+
+    def __init__(self, config, engine, timeout: float):
+        super().__init__(config)
+        self.engine, self.timeout = engine, timeout
+        self._drain: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def handle_exit(self, sig, frame):
+        with self._lock:
+            first = self._drain is None
+            if first:
+                print(f"gyges: stopping: running requests have {self.timeout:g} s to finish", flush=True)
+                self._drain = threading.Thread(target=self._drain_then_exit, name="gyges-drain", daemon=True)
+                self._drain.start()
+        if not first:
+            super().handle_exit(sig, frame)
+
+    def _drain_then_exit(self):
+        self.engine.shutdown(self.timeout)
+        self.should_exit = True
+
+    def stop_engine(self):
+        """After the server stopped (or failed to start): make sure the engine and its workers are gone."""
+        with self._lock:
+            drain = self._drain
+            if drain is None:
+                self._drain = threading.current_thread()
+        if drain is None:
+            self.engine.shutdown(0)
+        else:
+            drain.join()
