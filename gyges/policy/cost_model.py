@@ -181,6 +181,16 @@ class CostModel:
         """Seconds one step of a TP-`tp` instance takes for `load` (0 when it has nothing to compute)."""
         return float(self.quantities(tp, load) @ self.unit_costs())
 
+    def decode_time(self, tp: int, decode_lens: Iterable[int], steps: int) -> float:
+        """Seconds for `steps` decode steps of an unchanging batch (the simulator's fast-forward between
+        events): each step every sequence grows by one, and a step's time is linear in the context, so
+        the sum is `steps` steps at the mean context."""
+        lens = list(decode_lens)
+        if steps < 0:
+            raise ValueError(f"steps must be non-negative, got {steps}")
+        mean_pairs = sum(lens) + len(lens) * (steps - 1) / 2
+        return steps * self.step_time(tp, StepLoad(decode_tokens=len(lens), context_tokens=mean_pairs))
+
     def kv_capacity_tokens(self, tp: int, block_tokens: int = 1) -> int:
         """KV tokens an empty TP-`tp` instance holds: each device's memory minus its weights, in whole blocks."""
         per_device = self.hw.memory_bytes - self.model.weight_bytes(tp)

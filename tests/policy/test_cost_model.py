@@ -46,6 +46,14 @@ def test_step_load_of_counts_attention_pairs():
     assert load == StepLoad(prefill_tokens=4, decode_tokens=2, context_tokens=4 * (10 + 2.5) + 16)
 
 
+def test_decode_time_sums_the_steps():
+    cost = CostModel(TINY, TINY_HW)
+    lens = [7, 12, 30]
+    one_by_one = sum(cost.step_time(2, StepLoad.of(decode_lens=[n + k for n in lens])) for k in range(5))
+    assert cost.decode_time(2, lens, steps=5) == pytest.approx(one_by_one)
+    assert cost.decode_time(2, lens, steps=0) == 0.0
+
+
 def test_kv_capacity_by_hand():
     cost = CostModel(TINY, TINY_HW)
     assert cost.kv_capacity_tokens(1) == (200 - 156) // 8
