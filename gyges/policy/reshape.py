@@ -159,8 +159,8 @@ def best_split(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, .
         if inst.tp == 1 or inst.transforming or snap.time - inst.formed_at < config.min_dwell_s:
             continue
         others = [utilization(i) for i in instances if i is not inst and not i.transforming]
-        for parts in (p for p in (2, 4, 8, 16, 32, 64) if p <= inst.tp):
-            cap = snap.kv_capacity_by_tp[inst.tp // parts]
+        for t in (t for t in degrees(snap) if t < inst.tp):
+            parts, cap = inst.tp // t, snap.kv_capacity_by_tp[t]
             bins = pack(requests_of(inst), parts, cap)
             if bins is None:
                 continue
