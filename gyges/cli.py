@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     # each further subcommand's module adds its parser and sets `func` (one line each below)
     from gyges.bench.cli import add_parser as add_bench; add_bench(sub)
     from gyges.server.cli import add_parser as add_serve; add_serve(sub)
+    from gyges.sim.cli import add_parser as add_simulate; add_simulate(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

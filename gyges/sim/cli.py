@@ -1,0 +1,95 @@
+"""`gyges simulate`: a trace on simulated GPUs under each policy; with --compare, the highest rate
+each policy sustains within the SLO (arrivals rescaled to each rate)."""
+import argparse
+import json
+
+import numpy as np
+
+from gyges.bench.slo import Baseline, Line, meets_slo, parse_slo
+from gyges.bench.traces import load_trace
+from gyges.bench.workload import scale_trace, time_scale_for_rate
+from gyges.policy.policy import GygesPolicy, StaticPolicy
+from gyges.sim import layouts
+from gyges.sim.profiles import GPUS, MODELS, gpu, model
+from gyges.sim.run import Setup, SimResult, simulate, unloaded
+from gyges.sim.sweep import max_rate
+
+ATTAINMENT = 0.9  # the share of requests that must meet the SLO at a sustained rate
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate a trace on a GPU cluster (cost model, virtual clock)")
+    p.add_argument("--trace", required=True, help="a shipped trace name or a Mooncake JSONL / Azure CSV file")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpu", default="h100", choices=sorted(GPUS))
+    p.add_argument("--model", default="qwen2.5-32b", choices=sorted(MODELS))
+    p.add_argument("--policy", default="gyges", help="gyges or a static layout name such as static-tp2, static-4+2+1+1")
+    p.add_argument("--slo", nargs="+", default=["ttft:5x", "tpot:5x"])
+    p.add_argument("--rate", type=float, default=None, help="rescale arrivals to this many requests/s")
+    p.add_argument("--compare", action="store_true", help="every policy, each at its highest rate within the SLO")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--no-stretch", dest="stretch", action="store_false", help="step every decode (slow, exact)")
+    p.set_defaults(func=main)
+
+
+def policies(setup: Setup) -> dict[str, tuple]:
+    """Name -> (policy, per-host layout): Gyges from all-TP1, and every static candidate."""
+    out = {"gyges": (GygesPolicy(setup.cost()), (1,) * setup.host)}
+    for name, sizes in layouts.candidates(setup.host, setup.max_tp).items():
+        if setup.cost().kv_capacity_tokens(min(sizes)) > 0:  # every instance holds its weights
+            out[name] = (StaticPolicy(), sizes)
+    return out
+
+
+def summary(res: SimResult, setup: Setup, slo: dict[str, float]) -> dict:
+    cost, caps = setup.cost(), {t: setup.cost().kv_capacity_tokens(t, setup.block_tokens) for t in (1, 2, 4, 8)}
+    ok = [o for o in res.outcomes if o.ttft_s is not None]
+    met = 0
+    for o in res.outcomes:
+        t0, p0 = unloaded(cost, caps, o.prompt_len, o.output_len, setup.max_batched_tokens)
+        met += meets_slo(o.prompt_len, o.ttft_s, o.tpot_s, slo, Baseline(Line(t0), Line(p0)))
+    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None
+    ttft, tpot = [o.ttft_s for o in ok], [o.tpot_s for o in ok if o.tpot_s is not None]
+    span = max((o.finish_s for o in res.outcomes if o.finish_s), default=0.0) - min(o.arrival_s for o in res.outcomes)
+    return {"attainment": met / len(res.outcomes), "throughput_tok_s": sum(o.output_len for o in ok) / span if span else 0.0,
+            "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99), "tpot_p50_s": pct(tpot, 50),
+            "tpot_p99_s": pct(tpot, 99), "transformations": res.transformations,
+            "rejected": len(res.outcomes) - len(ok), "wall_s": res.wall_s}
+
+
+def main(args) -> int:
+    setup = Setup(model(args.model), gpu(args.gpu), gpus=args.gpus, max_tp=min(8, args.gpus), stretch=args.stretch)
+    slo, trace = parse_slo(args.slo), load_trace(args.trace)
+    pols = policies(setup)
+    names = list(pols) if args.compare else [args.policy]
+    if any(n not in pols for n in names):
+        raise ValueError(f"unknown policy {args.policy!r}; choose from {', '.join(pols)}")
+
+    def run(name: str, rate: float | None) -> dict:
+        reqs = trace if rate is None else scale_trace(trace, time_scale_for_rate(trace, rate)).requests
+        pol, sizes = pols[name]
+        return summary(simulate(reqs, setup, pol, sizes, progress=True), setup, slo)
+
+    out = {}
+    native = (len(trace) - 1) / (trace[-1].arrival_s - trace[0].arrival_s)
+    for name in names:
+        if args.compare:
+            best = {}
+
+            def attains(rate: float) -> bool:
+                s = run(name, rate)
+                if s["attainment"] >= ATTAINMENT and rate >= best.get("rate", 0.0):
+                    best.update(s, rate=rate)
+                return s["attainment"] >= ATTAINMENT
+
+            rate = max_rate(attains, native)
+            out[name] = {"max_rate_at_slo": rate, **{k: v for k, v in best.items() if k != "rate"}}
+        else:
+            out[name] = run(name, args.rate)
+        print(f"{name:<22} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in out[name].items()), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"policies": out, "slo": slo, "trace": args.trace, "gpus": args.gpus, "gpu": setup.hw.name,
+                       "model": args.model, "attainment_target": ATTAINMENT}, f, indent=1)
+    return 0
