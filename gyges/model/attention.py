@@ -117,7 +117,7 @@ def paged_attention(cache: torch.Tensor, meta: AttentionMeta, q: torch.Tensor, k
 
     if not meta.prefills:
         return decode(q).view(T, hq * d)
-    out = torch.empty_like(q)
+    out = q.new_empty(q.shape)  # contiguous: q may be a strided view (one query head per group)
     if len(meta.decode_rows):
         out[meta.decode_rows] = decode(q[meta.decode_rows])
     for p in meta.prefills:

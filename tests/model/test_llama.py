@@ -23,18 +23,45 @@ def run(model, devices, tp, prompts, **kw):
         return cluster.generate(prompts, GREEDY), cluster
 
 
-@pytest.mark.parametrize("tp", [1, 2, 4])
-def test_tiny_llama_matches_transformers(tiny_llama, tp):
-    outs, _ = run(tiny_llama, tp, tp, TINY_PROMPTS, device_memory="32MiB", block_tokens=4, max_batched_tokens=32)
-    worst = check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
-    print(f"tiny llama TP{tp}: max relative logit error {worst:.2e} (tolerance {TOLERANCE})")
+# Query / KV heads; head_dim 32 everywhere so the C decode kernel can take every one in bf16.
+HEAD_LAYOUTS = {
+    "mha": dict(arch="qwen2", tie=True, heads=4, kv_heads=4),  # tied embeddings, q/k/v biases
+    "gqa": dict(arch="llama", heads=4, kv_heads=2),
+    "mqa": dict(arch="llama", heads=4, kv_heads=1),            # padded to 16 / 4 at max_tp 4
+    "padded": dict(arch="llama", heads=6, kv_heads=3),         # 8 / 4 at max_tp 2 and 4
+}
+# (tp, max_tp): a TP1 instance laid out for max_tp 4 holds 4 head groups, one of them padding
+# for "padded"; at max_tp 2 the same model has a half-padded group.
+DEGREES = [(1, 4), (2, 4)] + [pytest.param(*d, marks=pytest.mark.slow) for d in [(1, 1), (4, 4), (1, 2), (2, 2)]]
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_tiny_qwen2_with_biases_matches_transformers(tiny_qwen2, tp):
-    outs, _ = run(tiny_qwen2, tp, tp, TINY_PROMPTS, device_memory="32MiB", block_tokens=4, max_batched_tokens=32)
-    worst = check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32), outs)
-    print(f"tiny qwen2 TP{tp}: max relative logit error {worst:.2e}")
+@pytest.fixture(scope="module")
+def head_models(tmp_path_factory):
+    """kind -> (path, fp32 transformers model), made on first use."""
+    made = {}
+
+    def get(kind):
+        if kind not in made:
+            kw = HEAD_LAYOUTS[kind]
+            path = make_tiny_model(tmp_path_factory.mktemp(kind), kw["arch"], tie=kw.get("tie", False),
+                                   heads=kw["heads"], kv_heads=kw["kv_heads"], hidden_size=32 * kw["heads"],
+                                   intermediate_size=352, num_hidden_layers=2)
+            made[kind] = path, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return made[kind]
+    return get
+
+
+@pytest.mark.parametrize("tp, max_tp", DEGREES)
+@pytest.mark.parametrize("kind", HEAD_LAYOUTS)
+def test_head_layouts_match_transformers(head_models, kind, tp, max_tp):
+    """MHA, GQA, MQA and padded heads at every degree up to max_tp, fp32: chunked prefills (the
+    70-token prompt is three chunks), prefills beside decodes, and decodes."""
+    path, ref = head_models(kind)
+    outs, cluster = run(path, max_tp, tp, TINY_PROMPTS, max_tp=max_tp, device_memory="32MiB", block_tokens=4,
+                        max_batched_tokens=32)
+    assert cluster.layout.padding.num_kv_heads % max_tp == 0
+    worst = check_against_reference(ref, outs)
+    print(f"{kind} TP{tp} of max {max_tp}: max relative logit error {worst:.2e} (tolerance {TOLERANCE})")
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +82,6 @@ def test_smollm2_padded_matches_transformers(smollm2_reference, tp):
     print(f"SmolLM2 TP{tp}: max relative logit error {worst:.2e}")
 
 
-@pytest.mark.parametrize("tp", [2, 4])
-def test_tiny_llama_with_padded_kv_heads_matches_transformers(tmp_path, tp):
-    """6 query / 3 KV heads padded to 8 / 4: zero heads change nothing."""
-    path = make_tiny_model(tmp_path, "llama", heads=6, kv_heads=3, hidden_size=48)
-    outs, cluster = run(path, 4, tp, TINY_PROMPTS, device_memory="32MiB", block_tokens=4, max_batched_tokens=32)
-    assert cluster.layout.padding.num_kv_heads == 4
-    worst = check_against_reference(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), outs)
-    print(f"tiny padded llama TP{tp}: max relative logit error {worst:.2e}")
-
-
 def _kernels_in_use(worker) -> tuple[bool, bool, bool]:
     return worker.arena.packed, worker.model.decode_kernel, worker.model.fused
 
@@ -72,24 +89,31 @@ def _kernels_in_use(worker) -> tuple[bool, bool, bool]:
 BF16_TOLERANCE = 2e-2  # bf16 keeps 8 significant bits; both bf16 paths measure about 1e-2 here
 
 
-@pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
-@pytest.mark.parametrize("devices, tp, max_tp, vocab", [(1, 1, 1, 512), (2, 1, 2, 512), (2, 2, 2, 512), (1, 1, 1, 504)])
-def test_bf16_cpu_kernels_match_transformers(tmp_path, devices, tp, max_tp, vocab):
-    """Packed matmuls and the paged decode kernel against fp32 transformers, and no worse than the
-    PyTorch bf16 path: head_dim 32 so the decode kernel runs; max_tp 2 at TP1 packs two shards. A
-    vocabulary of 504 rows cannot be packed (16-row tiles): the matmuls stay in PyTorch, the
-    decode and fused kernels still run."""
-    path = make_tiny_model(tmp_path, "llama", heads=4, kv_heads=2, hidden_size=128, intermediate_size=352,
-                           vocab_size=vocab)
+FAST_BF16 = [("gqa", 1, 1, 512), ("gqa", 2, 2, 512), ("gqa", 1, 1, 504), ("mha", 1, 4, 512), ("mqa", 2, 4, 512),
+             ("padded", 1, 4, 512)]
+KERNEL_CASES = FAST_BF16 + [pytest.param(kind, tp, 4, 512, marks=pytest.mark.slow) for kind in HEAD_LAYOUTS
+                            for tp in (1, 2, 4) if (kind, tp, 4, 512) not in FAST_BF16]
+
+
+@pytest.mark.parametrize("kind, tp, max_tp, vocab", KERNEL_CASES)
+def test_bf16_matches_transformers(tmp_path, kind, tp, max_tp, vocab):
+    """bf16 against fp32 transformers, on the PyTorch path and, on a CPU with AVX512-BF16, with the
+    packed matmuls, the paged decode kernel and the fused kernels, which must be no worse. A
+    vocabulary of 504 rows cannot be packed (16-row tiles): the matmuls stay in PyTorch, the decode
+    and fused kernels still run."""
+    kw = HEAD_LAYOUTS[kind]
+    path = make_tiny_model(tmp_path, kw["arch"], tie=kw.get("tie", False), heads=kw["heads"], kv_heads=kw["kv_heads"],
+                           hidden_size=32 * kw["heads"], intermediate_size=352, num_hidden_layers=2, vocab_size=vocab)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     worst = {}
-    for kernels in (True, False):
-        cfg = ClusterConfig(model=str(path), devices=devices, tp=tp, max_tp=max_tp, dtype="bfloat16",
+    for kernels in (False, True) if library() is not None else (False,):
+        cfg = ClusterConfig(model=str(path), devices=max_tp, tp=tp, max_tp=max_tp, dtype="bfloat16",
                             device_memory="32MiB", block_tokens=4, max_batched_tokens=32, cpu_kernels=kernels)
         with Cluster(cfg, record_logits=True) as cluster:
             expect = (kernels and vocab % 16 == 0, kernels, kernels)
             assert cluster.workers[0].call("invoke", _kernels_in_use) == expect
             outs = cluster.generate(TINY_PROMPTS, GREEDY)
         worst[kernels] = check_against_reference(ref, outs, BF16_TOLERANCE)
-    print(f"bf16 TP{tp} of max {max_tp}, vocabulary {vocab}: kernels {worst[True]:.2e}, PyTorch {worst[False]:.2e}")
-    assert worst[True] <= 1.25 * worst[False]
+    print(f"bf16 {kind} TP{tp} of max {max_tp}, vocabulary {vocab}: {worst}")
+    if True in worst:
+        assert worst[True] <= 1.25 * worst[False]
