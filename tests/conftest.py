@@ -1,6 +1,12 @@
 """Shared fixtures: tiny random Llama-family models saved as HF safetensors directories."""
+import os
+
 import pytest
 import torch
+
+from gyges.worker.worker import WORKER_CLASS_ENV
+
+os.environ[WORKER_CLASS_ENV] = "tests.worker.extension:TestingWorker"  # test-only commands (fault injection)
 
 
 def make_tiny_model(path, arch: str = "llama", tie: bool = False, heads: int = 8, kv_heads: int = 4,

@@ -1,7 +1,7 @@
 """Compile the C kernels once per source version into the user's cache and load them.
 
-They need gcc and a CPU with AVX512-BF16; where either is missing `library()` is None and the
-engine runs its PyTorch path instead.
+They need gcc, a CPU with AVX512-BF16 and a writable cache folder; where any is missing `library()`
+is None, `unavailable_reason()` says why, and the engine runs its PyTorch path instead.
 """
 import ctypes
 import functools
@@ -34,26 +34,50 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-@functools.cache
-def library() -> ctypes.CDLL | None:
-    if not _cpu_has_bf16():
-        return None
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gyges"
+
+
+def compile_kernels(cache: Path) -> tuple[ctypes.CDLL | None, str]:
+    """The compiled library (built into `cache` unless there already), or None and why not."""
     digest = hashlib.sha1(" ".join(FLAGS).encode())
     for src in SOURCES + HEADERS:
         digest.update(src.read_bytes())
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gyges"
     lib = cache / f"kernels-{digest.hexdigest()[:12]}.so"
     if not lib.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            out = Path(tmp) / lib.name
-            try:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                out = Path(tmp) / lib.name
                 subprocess.run(["gcc", *FLAGS, *map(str, SOURCES), "-o", str(out)], check=True, capture_output=True)
-            except (OSError, subprocess.CalledProcessError):
-                return None
-            os.replace(out, lib)  # atomic: workers that build at once all load a whole file
-    dll = ctypes.CDLL(str(lib))
+                os.replace(out, lib)  # atomic: workers that build at once all load a whole file
+        except FileNotFoundError as e:
+            return None, f"cannot compile the C kernels: {e.filename} not found"
+        except subprocess.CalledProcessError as e:
+            return None, f"gcc failed on the C kernels: {e.stderr.decode(errors='replace').strip()[-500:]}"
+        except OSError as e:
+            return None, f"cannot write the C kernels' cache folder {cache}: {e.strerror}"
+    try:
+        dll = ctypes.CDLL(str(lib))
+    except OSError as e:
+        return None, f"cannot load {lib}: {e}"
     for name, args in SIGNATURES.items():
         fn = getattr(dll, name)
         fn.argtypes, fn.restype = args, RESTYPES.get(name)
-    return dll
+    return dll, ""
+
+
+@functools.cache
+def _loaded() -> tuple[ctypes.CDLL | None, str]:
+    if not _cpu_has_bf16():
+        return None, "this CPU has no AVX512-BF16"
+    return compile_kernels(cache_dir())
+
+
+def library() -> ctypes.CDLL | None:
+    return _loaded()[0]
+
+
+def unavailable_reason() -> str:
+    """Why `library()` is None ("" when it is not): for the start-up log and the cluster's report."""
+    return _loaded()[1]

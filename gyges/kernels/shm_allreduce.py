@@ -3,10 +3,14 @@
 gloo's all-reduce goes through TCP loopback: about 5 ms with 4 processes on 2 cores, two per
 layer, which made TP2 and TP4 several times slower than TP1 here and a merge's first steps slow.
 The controller creates one segment per aligned group before the workers start and removes the
-files once they have mapped them; the mappings live as long as the workers.
+files once they have mapped them; the mappings live as long as the workers. Segments are private
+(O_EXCL, O_NOFOLLOW, mode 0600) under names with the controller's pid and a random part; those of
+controllers no longer alive (killed before removing theirs) are removed at the next start.
 """
 import mmap
 import os
+import secrets
+import stat
 from pathlib import Path
 
 import torch
@@ -26,16 +30,50 @@ def segment_path(prefix: str, start: int, size: int) -> Path:
     return SHM_DIR / f"{prefix}-{start}-{size}"
 
 
+def segment_prefix() -> str:
+    """Names no other process can guess: gyges-<this controller's pid>-<random>."""
+    return f"gyges-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_segments():
+    """Remove this user's segments whose controller is no longer alive (killed before removing them)."""
+    for path in SHM_DIR.glob("gyges-*"):
+        pid = path.name.split("-")[1]
+        try:
+            if pid.isdigit() and not _alive(int(pid)) and path.lstat().st_uid == os.getuid():
+                path.unlink()
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove
+
+
 def create_segments(prefix: str, groups: list[tuple[int, int]], slot_bytes: int) -> bool:
-    """Zeroed segment files for `groups` ((start, size) each); False where shared memory is missing."""
+    """Zeroed private segment files for `groups` ((start, size) each); False where shared memory or
+    the kernel is missing, or a name is taken."""
     if library() is None or not SHM_DIR.is_dir():
         return False
+    remove_stale_segments()
+    created = []
     try:
         for start, size in groups:
-            with open(segment_path(prefix, start, size), "wb") as f:
-                f.truncate(segment_bytes(size, slot_bytes))
+            path = segment_path(prefix, start, size)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            created.append((start, size))
+            try:
+                os.ftruncate(fd, segment_bytes(size, slot_bytes))
+            finally:
+                os.close(fd)
     except OSError:
-        remove_segments(prefix, groups)
+        remove_segments(prefix, created)  # never one this call did not create
         return False
     return True
 
@@ -50,8 +88,14 @@ class ShmAllReduce:
 
     def __init__(self, path: Path, size: int, rank: int, slot_bytes: int, timeout_s: float = TIMEOUT_S):
         self.size, self.rank, self.slot_bytes, self.timeout_s = size, rank, slot_bytes, timeout_s
-        with open(path, "r+b") as f:
-            self.mm = mmap.mmap(f.fileno(), segment_bytes(size, slot_bytes))
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+                raise PermissionError(f"{path} is not a private segment of this user")
+            self.mm = mmap.mmap(fd, segment_bytes(size, slot_bytes))
+        finally:
+            os.close(fd)
         self.base = torch.frombuffer(self.mm, dtype=torch.uint8)
         self.seq = 0
 

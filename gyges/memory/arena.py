@@ -1,11 +1,12 @@
 """A device's memory budget as one tensor of equal pages; weights and KV units are views into it."""
 import mmap
+from collections.abc import Mapping
 
 import torch
 
 from gyges.kernels import packed as packed_kernel
 from gyges.memory.layout import DeviceLayout, Slot, head_groups
-from gyges.memory.weights import group_by_layer, layer_shards
+from gyges.memory.weights import layer_names, layer_shards
 
 
 # Every byte of a fresh arena: a masked read of a never-written page must be finite (0.0115 in bf16
@@ -81,17 +82,19 @@ class Arena:
         base = self._slab_base(slab) + slot.offset
         self.flat[base:base + slot.numel].view(self._stored_shape(slot.shape)).copy_(self._stored(value))
 
-    def load(self, weights: dict[str, torch.Tensor], slabs: range):
-        """Write replicated weights and the finest shards of `slabs` from full HF tensors."""
+    def load(self, weights: Mapping[str, torch.Tensor], slabs: range):
+        """Write replicated weights and the finest shards of `slabs` from full HF tensors, looked up
+        one layer at a time (a lazy mapping then holds one layer in memory, not the model)."""
         cfg, pad = self.layout.config, self.layout.padding
-        top, layers = group_by_layer(weights)
+        layers = layer_names(weights.keys())
         if len(layers) != cfg.num_layers:
             raise ValueError(f"weights have {len(layers)} layers, config says {cfg.num_layers}")
-        self.replicated("embed").copy_(self._stored(top["model.embed_tokens.weight"]))
-        self.replicated("norm").copy_(top["model.norm.weight"])
+        self.replicated("embed").copy_(self._stored(weights["model.embed_tokens.weight"]))
+        self.replicated("norm").copy_(weights["model.norm.weight"])
         if not cfg.tie_word_embeddings:
-            self.replicated("lm_head").copy_(self._stored(top["lm_head.weight"]))
-        for i, w in enumerate(layers):
+            self.replicated("lm_head").copy_(self._stored(weights["lm_head.weight"]))
+        for i, names in enumerate(layers):
+            w = {short: weights[name] for short, name in names.items()}
             self.replicated(f"{i}.input_norm").copy_(w["input_layernorm.weight"])
             self.replicated(f"{i}.post_norm").copy_(w["post_attention_layernorm.weight"])
             for part, shards in layer_shards(cfg, pad, w).items():

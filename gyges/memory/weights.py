@@ -40,13 +40,12 @@ def layer_shards(config: ModelConfig, pad: HeadPadding, w: dict[str, torch.Tenso
     return out
 
 
-def group_by_layer(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Split HF names into top-level tensors and per-layer dicts keyed by the name after `layers.i.`."""
-    top, layers = {}, {}
-    for name, t in weights.items():
+def layer_names(names) -> list[dict[str, str]]:
+    """Per layer, short name (after `layers.i.`) -> HF name: names only, so a caller can read one
+    layer's tensors at a time."""
+    layers = {}
+    for name in names:
         if name.startswith("model.layers."):
             i, rest = name[len("model.layers."):].split(".", 1)
-            layers.setdefault(int(i), {})[rest.split(".", 1)[1] if rest.startswith(("self_attn.", "mlp.")) else rest] = t
-        else:
-            top[name] = t
-    return top, [layers[i] for i in sorted(layers)]
+            layers.setdefault(int(i), {})[rest.split(".", 1)[1] if rest.startswith(("self_attn.", "mlp.")) else rest] = name
+    return [layers[i] for i in sorted(layers)]

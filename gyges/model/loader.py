@@ -1,6 +1,6 @@
 """Find a model, read its config and weights (HF safetensors or GGUF) under HF tensor names."""
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -81,33 +81,44 @@ def unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def _iter_gguf(path: Path, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-    reader = GGUFReader(path)
-    for t in reader.tensors:
-        name = hf_name_of_gguf(t.name)
-        if name is None:
-            continue
-        w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))
-        if name.endswith("q_proj.weight") or name.endswith("q_proj.bias"):
-            w = unpermute_rope(w, config.num_heads)
-        elif name.endswith("k_proj.weight") or name.endswith("k_proj.bias"):
-            w = unpermute_rope(w, config.num_kv_heads)
-        yield name, w
+class LazyWeights(Mapping):
+    """Every weight under its HF name, read from the file only when looked up, in the file's dtype
+    (GGUF: dequantized to fp32). Safetensors and GGUF files are memory-mapped, so the OS keeps one
+    copy of the file for every device, and a device consuming one layer at a time holds one layer
+    of the model beyond its arena, not the model."""
 
+    def __init__(self, path: Path, config: ModelConfig):
+        self.config = config
+        self._where: dict[str, object] = {}  # HF name -> safetensors file handle or GGUF tensor
+        if path.suffix == ".gguf":
+            from gguf import GGUFReader
+            for t in GGUFReader(path).tensors:  # np.memmap views of the file
+                name = hf_name_of_gguf(t.name)
+                if name is not None:
+                    self._where[name] = t
+        else:
+            from safetensors import safe_open
+            for file in sorted(path.glob("*.safetensors")):
+                f = safe_open(file, framework="pt")
+                self._where.update((name, f) for name in f.keys())
 
-def _iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
-    for file in sorted(path.glob("*.safetensors")):
-        with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+    def __getitem__(self, name: str) -> torch.Tensor:
+        src = self._where[name]
+        if not hasattr(src, "tensor_type"):
+            return src.get_slice(name)[:]
+        from gguf.quants import dequantize
+        w = torch.from_numpy(np.array(dequantize(src.data, src.tensor_type), dtype=np.float32))
+        if name.endswith(("q_proj.weight", "q_proj.bias")):
+            w = unpermute_rope(w, self.config.num_heads)
+        elif name.endswith(("k_proj.weight", "k_proj.bias")):
+            w = unpermute_rope(w, self.config.num_kv_heads)
+        return w
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
 
-def iter_weights(path: Path, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every weight under its HF name, in the file's dtype (GGUF: dequantized to fp32)."""
-    yield from _iter_gguf(path, config) if path.suffix == ".gguf" else _iter_safetensors(path)
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def load_tokenizer(path: Path):

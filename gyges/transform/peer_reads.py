@@ -44,14 +44,16 @@ def read(pid: int, runs: list[Run]):
                                f"({os.strerror(err)})")
 
 
-def can_read(pid: int, address: int, nbytes: int) -> bool:
-    """Whether this process may read `nbytes` at `address` of `pid` (the kernel may forbid it)."""
+def read_refusal(pid: int, address: int, nbytes: int) -> str:
+    """Why this process may not read `nbytes` at `address` of `pid` ("" if it may): the kernel may
+    forbid it (Yama's ptrace scope, a seccomp filter)."""
     buf = ctypes.create_string_buffer(nbytes)
     try:
         read(pid, [Run(ctypes.addressof(buf), address, nbytes)])
-    except OSError:
-        return False
-    return True
+    except OSError as e:
+        hint = " (see /proc/sys/kernel/yama/ptrace_scope)" if e.errno == errno.EPERM else ""
+        return f"{e.strerror or e}{hint}"
+    return ""
 
 
 @dataclass(frozen=True)

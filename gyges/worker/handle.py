@@ -1,8 +1,12 @@
 """The controller's end of a worker: start it, send it commands, wait for answers without hanging."""
+import logging
 import multiprocessing as mp
 from multiprocessing import connection as mp_connection
 
+from gyges.worker.commands import Command, Shutdown
 from gyges.worker.worker import WorkerSpec, worker_main
+
+log = logging.getLogger("gyges")
 
 
 class WorkerError(RuntimeError):
@@ -17,9 +21,12 @@ class WorkerHandle:
         self.proc.start()
         child.close()
 
-    def send(self, cmd: str, *args):
+    def send(self, msg: Command):
+        """Send a declared command (gyges/worker/commands.py); the answer comes with `recv`."""
+        if not isinstance(msg, Command):
+            raise TypeError(f"workers take Command messages, not {type(msg).__name__}")
         try:
-            self.conn.send((cmd, args))
+            self.conn.send(msg)
         except (BrokenPipeError, OSError) as e:
             raise WorkerError(f"worker {self.rank} is gone ({e})") from None
 
@@ -40,15 +47,15 @@ class WorkerHandle:
             raise WorkerError(f"worker {self.rank} failed:\n{value}")
         return value
 
-    def call(self, cmd: str, *args, timeout: float | None = None):
-        self.send(cmd, *args)
+    def call(self, msg: Command, timeout: float | None = None):
+        self.send(msg)
         return self.recv(timeout)
 
     def ask_to_stop(self):
         """Ask the worker to exit; it does when it next reads a command (see `stop`)."""
         if self.proc.is_alive():
             try:
-                self.conn.send(("shutdown", ()))
+                self.conn.send(Shutdown())
             except (BrokenPipeError, OSError):
                 pass
 
@@ -84,3 +91,18 @@ def recv_all(handles: list[WorkerHandle], timeout: float | None = None) -> list:
 
 def spawn_context():
     return mp.get_context("spawn")
+
+
+def fallbacks(infos: list[dict]) -> list[str]:
+    """One line per fast path that is off on some device, with its reason (from `Worker.info`)."""
+    out = []
+    for key, what in (("kernels", "C kernels off, PyTorch path"), ("peer_reads", "peer reads off, moves through gloo")):
+        reasons = sorted({i[f"{key}_reason"] for i in infos if not i[key]})
+        out += [f"{what}: {why}" for why in reasons]
+    return out
+
+
+def log_fallbacks(infos: list[dict]):
+    """Say once, in the start-up log, which fast paths the workers fell back from and why."""
+    for line in fallbacks(infos):
+        log.warning(line)

@@ -1,9 +1,12 @@
 """The process of one device: its arena, its model shard, and a loop over controller commands.
 
-Commands arrive over a pipe as small picklable messages (numpy arrays of ids, never weight or
-KV tensors); collectives between workers go through torch.distributed groups made at start-up.
+Commands arrive over a pipe as declared messages (gyges/worker/commands.py: numpy arrays of ids,
+never weight or KV tensors); anything else is refused. Collectives between workers go through
+torch.distributed groups made at start-up, on loopback only.
 """
+import importlib
 import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -16,18 +19,22 @@ import torch.distributed as dist
 from gyges.engine.batch import StepInput
 from gyges.engine.sampler import sample, token_logprobs
 from gyges.kernels import packed
+from gyges.kernels.build import unavailable_reason
 from gyges.kernels.shm_allreduce import ShmAllReduce, segment_path
 from gyges.memory.arena import Arena
 from gyges.memory.layout import device_layout, head_groups
 from gyges.model.attention import AttentionMeta, PrefillSeq
 from gyges.model.llama import ForwardBatch, LlamaShard
-from gyges.model.loader import iter_weights, load_config
+from gyges.model.loader import LazyWeights, load_config
 from gyges.transform import peer_reads
 from gyges.transform.execute import run_moves
 from gyges.transform.peer_reads import PeerArenas
+from gyges.worker.commands import Command, CopyPages, Info, Shutdown, Step, Transform
 from gyges.worker.rss import peak_rss, reset_peak_rss
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WORKER_CLASS_ENV = "GYGES_WORKER_CLASS"  # "module:Class", a Worker subclass that declares more commands
+RENDEZVOUS_TIMEOUT = timedelta(seconds=300)
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,7 @@ class WorkerSpec:
     world_size: int
     master_port: int
     threads: int
-    tp: int  # TP degree at start-up; instances are aligned groups of this size
+    layout: tuple[int, ...]  # instance sizes at start-up, in device order (aligned groups)
     cpu_kernels: bool = True
     shm_prefix: str | None = None  # shared-memory all-reduce segments (gyges/kernels/shm_allreduce.py)
     shm_slot_bytes: int = 0
@@ -57,17 +64,51 @@ def aligned_groups(world_size: int, max_tp: int) -> list[tuple[int, int]]:
     return out
 
 
+def group_of(layout: tuple[int, ...], rank: int) -> tuple[int, int]:
+    """(start, size) of the instance that device `rank` belongs to in `layout`."""
+    start = 0
+    for size in layout:
+        if rank < start + size:
+            return start, size
+        start += size
+    raise ValueError(f"device {rank} is outside the layout {layout}")
+
+
+def loopback_store(rank: int, world_size: int, port: int) -> dist.TCPStore:
+    """The rendezvous store, listening on 127.0.0.1 only: given a host, torch's own server still
+    listens on every interface. Rank 0 binds the socket and hands it to the server."""
+    if rank > 0:
+        return dist.TCPStore("127.0.0.1", port, world_size, False, RENDEZVOUS_TIMEOUT)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return dist.TCPStore("127.0.0.1", port, world_size, True, RENDEZVOUS_TIMEOUT, master_listen_fd=sock.detach())
+
+
+def cuda_device(rank: int) -> torch.device:
+    """One GPU per device, bound as this process's current device (NCCL and kernels use it)."""
+    if rank >= torch.cuda.device_count():
+        raise RuntimeError(f"device {rank} needs GPU {rank}; this machine has {torch.cuda.device_count()}")
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    return device
+
+
 class Worker:
+    HANDLERS = {Step: lambda w, m: w.step(m.batch), CopyPages: lambda w, m: w.move_pages(m.moves),
+                Transform: lambda w, m: w.transform(m), Info: lambda w, m: w.info()}
+
     def __init__(self, rank: int, spec: WorkerSpec):
         self.rank, self.spec = rank, spec
-        self.fault: str | None = None  # set by tests (through `invoke`) to fail a transformation part-way
-        self.device = torch.device(f"cuda:{rank}" if spec.device_type == "cuda" else "cpu")
+        self.device = cuda_device(rank) if spec.device_type == "cuda" else torch.device("cpu")
         torch.set_num_threads(spec.threads)
         self.groups, self.comms = {}, {}
         if spec.world_size > 1:
             backend = "nccl" if spec.device_type == "cuda" else "gloo"
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{spec.master_port}", rank=rank,
-                                    world_size=spec.world_size, timeout=timedelta(seconds=300))
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pair sockets on loopback too
+            dist.init_process_group(backend, store=loopback_store(rank, spec.world_size, spec.master_port), rank=rank,
+                                    world_size=spec.world_size, timeout=RENDEZVOUS_TIMEOUT)
             for start, size in aligned_groups(spec.world_size, spec.max_tp):
                 self.groups[(start, size)] = dist.new_group(list(range(start, start + size)))
                 if spec.shm_prefix and start <= rank < start + size:
@@ -79,59 +120,82 @@ class Worker:
         self.config = load_config(Path(spec.model_path))
         dtype = DTYPES[spec.dtype]
         layout = device_layout(self.config, spec.max_tp, spec.block_tokens, dtype.itemsize, spec.memory_bytes)
-        kernels = spec.cpu_kernels and packed.available(self.device, dtype)  # bf16 on a CPU with AVX512-BF16
+        self.kernels_reason = self._kernels_off(dtype)
+        kernels = not self.kernels_reason
         self.arena = Arena(layout, dtype, self.device, packed=kernels)
-        self.peers = self._peer_arenas() if spec.peer_reads and spec.device_type == "cpu" and spec.world_size > 1 else None
-        tp, local = spec.tp, rank % spec.tp
+        self.peers, self.peer_reads_reason = self._peer_arenas()
+        start, tp = group_of(spec.layout, rank)
+        local = rank - start
         self.load_weights(tp, local)
         self.model = LlamaShard(self.arena, kernels)
         self.bind(tp, local, rank - local)
 
-    def _peer_arenas(self) -> PeerArenas | None:
+    def _kernels_off(self, dtype: torch.dtype) -> str:
+        """Why the C kernels are off here ("" when they are on)."""
+        if not self.spec.cpu_kernels:
+            return "turned off (--no-cpu-kernels)"
+        if self.device.type != "cpu":
+            return f"the C kernels are for CPUs, not {self.device.type}"
+        if dtype != torch.bfloat16:
+            return f"the C kernels are bf16 only, the model runs in {self.spec.dtype}"
+        return "" if packed.available(self.device, dtype) else unavailable_reason()
+
+    def _peer_arenas(self) -> tuple[PeerArenas | None, str]:
         """Every device's arena address, if every device may read every other's (the kernel may
-        forbid it); all devices agree, since a move's source does nothing when its destination reads."""
+        forbid it), else None and why not. All devices agree, since a move's source does nothing
+        when its destination reads."""
+        if not self.spec.peer_reads:
+            return None, "turned off (--no-peer-reads)"
+        if self.device.type != "cpu":
+            return None, f"peer reads are for CPU devices, not {self.device.type}"
+        if self.spec.world_size == 1:
+            return None, "a single device has no peers"
         pages = self.arena.pages
         everyone = [None] * self.spec.world_size
         dist.all_gather_object(everyone, (os.getpid(), pages.data_ptr()))
         stride = pages.stride(0) * pages.element_size()
-        ok = all(peer_reads.can_read(pid, base, stride) for r, (pid, base) in enumerate(everyone) if r != self.rank)
-        agreed = torch.tensor([int(ok)])
-        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-        return PeerArenas([p for p, _ in everyone], [b for _, b in everyone], stride) if agreed.item() else None
+        refusals = [(r, peer_reads.read_refusal(pid, base, stride)) for r, (pid, base) in enumerate(everyone)
+                    if r != self.rank]
+        mine = next((f"device {self.rank} may not read device {r}'s memory: {why}" for r, why in refusals if why), "")
+        reasons = [None] * self.spec.world_size
+        dist.all_gather_object(reasons, mine)
+        refused = next((why for why in reasons if why), "")
+        if refused:
+            return None, f"{refused}; moves go through gloo"
+        return PeerArenas([p for p, _ in everyone], [b for _, b in everyone], stride), ""
 
     def load_weights(self, tp: int, rank: int):
-        """Read the model from disk and write rank `rank`'s shard at TP `tp` into the arena."""
-        dtype = self.arena.pages.dtype
-        weights = {name: t.to(dtype) for name, t in iter_weights(Path(self.spec.model_path), self.config)}
-        self.arena.load(weights, head_groups(self.spec.max_tp, tp, rank))
+        """Write rank `rank`'s shard at TP `tp` into the arena, reading the model one layer at a
+        time (`LazyWeights`): host memory holds the arena, not a copy of the model per device."""
+        self.arena.load(LazyWeights(Path(self.spec.model_path), self.config), head_groups(self.spec.max_tp, tp, rank))
 
     def bind(self, tp: int, rank: int, group_start: int):
         """Serve as rank `rank` of the TP-`tp` instance on the aligned group starting at `group_start`."""
         self.model.bind(tp, rank, self.groups.get((group_start, tp)), self.comms.get((group_start, tp)))
 
-    def transform(self, kv_moves: list, weight_moves: list, tp: int, rank: int, group_start: int,
-                  involved: tuple[int, int]) -> dict:
+    def transform(self, t: Transform) -> dict:
         """This device's part of a merge or split: KV units first (they vacate pages the weights
-        need), then weight slabs, then serve at the new degree. `involved`: (start, size) of the
-        aligned group of every device taking part; they start together so the timings are the moves'."""
+        need), then weight slabs, then serve at the new degree. Phases start and end with
+        `time.monotonic()` stamps (one clock for every process of the host), so a phase's wall time
+        is max(end) - min(start) over the devices; `kv_s` and `weight_s` are this device's share."""
         rss_before = reset_peak_rss()  # before the barrier: /proc I/O after it staggers the starts
-        self.barrier(involved)
-        t0 = time.perf_counter()
-        kv_sent = run_moves(self.arena.pages, self.rank, kv_moves, self.peers)
-        t1 = time.perf_counter()
-        if self.fault == "transform":
-            raise RuntimeError("injected fault after the KV moves")
+        self.barrier(t.involved)
+        kv_start = time.monotonic()
+        kv_sent = self.move_pages(t.kv_moves)
+        kv_end = time.monotonic()
         # weight slabs start when every device's KV is out: they would otherwise share the links
         # with the KV still in flight, and the KV phase would not be measured alone. Every device
         # takes this barrier, weight moves of its own or not (its peers cannot know).
-        self.barrier(involved)
-        t2 = time.perf_counter()
-        weight_sent = run_moves(self.arena.pages, self.rank, weight_moves, self.peers)
-        t3 = time.perf_counter()
-        self.barrier(involved)  # peers may still be reading this device's pages; a step would overwrite them
-        self.bind(tp, rank, group_start)
+        self.barrier(t.involved)
+        weight_start = time.monotonic()
+        weight_sent = self.move_pages(t.weight_moves)
+        weight_end = time.monotonic()
+        self.barrier(t.involved)  # peers may still be reading this device's pages; a step would overwrite them
+        self.bind(t.tp, t.rank, t.group_start)
         peak = peak_rss()
-        return {"kv_bytes_sent": kv_sent, "kv_s": t1 - t0, "weight_bytes_sent": weight_sent, "weight_s": t3 - t2,
+        return {"kv_bytes_sent": kv_sent, "kv_s": kv_end - kv_start, "kv_start": kv_start, "kv_end": kv_end,
+                "weight_bytes_sent": weight_sent, "weight_s": weight_end - weight_start,
+                "weight_start": weight_start, "weight_end": weight_end,
                 "peak_extra_bytes": None if rss_before is None or peak is None else max(0, peak - rss_before)}
 
     def barrier(self, group: tuple[int, int]):
@@ -166,36 +230,55 @@ class Worker:
         tokens = sample(logits, s.samples)
         return tokens, (logits.numpy() if s.want_logits else None), token_logprobs(logits, s.samples, tokens)
 
-    def copy_pages(self, moves: list) -> int:
-        """Pre-copy: move page runs while still serving at the current degree."""
+    def move_pages(self, moves: list) -> int:
+        """Move page runs (tagged by plan index) arena to arena; returns the bytes that leave this device."""
         return run_moves(self.arena.pages, self.rank, moves, self.peers)
 
-    def invoke(self, fn, *args):
-        """Run a module-level `fn(worker, *args)` here: how benchmarks measure alternatives in place."""
-        return fn(self, *args)
-
     def info(self) -> dict:
+        """Layout, and each fast path with the reason it is off ("" when on) for the start-up log."""
         lay = self.arena.layout
         return {"num_pages": lay.num_pages, "page_bytes": lay.page_bytes, "pid": os.getpid(),
-                "peer_reads": self.peers is not None}
+                "kernels": not self.kernels_reason, "kernels_reason": self.kernels_reason,
+                "peer_reads": self.peers is not None, "peer_reads_reason": self.peer_reads_reason}
+
+    def handle(self, msg: Command):
+        """Run a declared command; anything else is refused."""
+        handler = self.HANDLERS.get(type(msg))
+        if handler is None:
+            names = ", ".join(sorted(c.__name__ for c in self.HANDLERS))
+            raise TypeError(f"{type(self).__name__} refuses {type(msg).__name__!s}: not a declared command ({names})")
+        return handler(self, msg)
+
+
+def worker_class() -> type[Worker]:
+    """The Worker class named by $GYGES_WORKER_CLASS ("module:Class"; benchmarks and tests declare
+    their extra commands in subclasses), else Worker."""
+    name = os.environ.get(WORKER_CLASS_ENV)
+    if not name:
+        return Worker
+    module, _, attr = name.partition(":")
+    cls = getattr(importlib.import_module(module), attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Worker)):
+        raise TypeError(f"${WORKER_CLASS_ENV}={name!r} does not name a Worker subclass")
+    return cls
 
 
 def worker_main(rank: int, spec: WorkerSpec, conn):
     try:
-        worker = Worker(rank, spec)
+        worker = worker_class()(rank, spec)
         conn.send(("ok", worker.info()))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
     while True:
         try:
-            cmd, args = conn.recv()
+            msg = conn.recv()
         except EOFError:
             return
-        if cmd == "shutdown":
+        if isinstance(msg, Shutdown):
             conn.send(("ok", None))
             return
         try:
-            conn.send(("ok", getattr(worker, cmd)(*args)))
+            conn.send(("ok", worker.handle(msg)))
         except BaseException:
             conn.send(("error", traceback.format_exc()))

@@ -10,6 +10,7 @@ from gyges.cluster.cluster import Cluster
 from gyges.cluster.config import ClusterConfig
 from gyges.kernels.build import library
 from gyges.kernels.shm_allreduce import SHM_DIR, ShmAllReduce, create_segments, remove_segments, segment_path
+from tests.worker.extension import UsesShm
 
 pytestmark = pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
 CASES = [(torch.float32, 37), (torch.bfloat16, 1000), (torch.bfloat16, 32 * 576), (torch.float32, 4096)]
@@ -69,9 +70,5 @@ def test_cluster_removes_its_segment_files(tiny_llama):
     cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=2, dtype="float32", device_memory="32MiB", block_tokens=4)
     with Cluster(cfg) as cluster:
         assert not [p for p in set(SHM_DIR.iterdir()) - before if p.name.startswith("gyges-")]
-        assert cluster.workers[0].call("invoke", _uses_shm)
+        assert cluster.workers[0].call(UsesShm())
     assert not [p for p in set(SHM_DIR.iterdir()) - before if p.name.startswith("gyges-")]
-
-
-def _uses_shm(worker) -> bool:
-    return worker.model.comm is not None

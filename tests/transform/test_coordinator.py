@@ -9,9 +9,11 @@ from gyges.engine.sequence import SamplingParams
 from gyges.memory.layout import device_layout
 from gyges.model.config import ModelConfig
 from gyges.transform.plan import Move, TransformError
+from gyges.worker.commands import Transform
 from gyges.worker.handle import recv_all
 from tests.reference import check_against_reference
 from tests.transform.test_peer_reads import yama_forbids
+from tests.worker.extension import FailNextMove
 
 TINY_PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [100, 200], list(range(3, 23))]
 # process overhead a transformation may add outside the arena (gloo's first connection, Python objects)
@@ -66,7 +68,7 @@ def test_a_request_too_long_for_tp1_fits_after_a_merge_in_the_freed_weight_pages
         long = [(j * 11) % 500 + 3 for j in range((tp1_blocks + 4) * 4)]
         params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
         failed = c.generate([long], params)[0]
-        assert failed.error and "KV cache" in failed.error
+        assert failed.error and "KV tokens" in failed.error
         c.merge([0, 1])
         pool = c.instances[0].scheduler.pool
         # each device gave up one of its two slabs: those pages are now KV pages, one unit a block
@@ -125,10 +127,6 @@ def test_precopy_moves_full_blocks_while_decoding_and_the_switch_moves_the_rest(
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
 
 
-def fail_next_transform(worker):
-    worker.fault = "transform"
-
-
 def test_a_transformation_failing_part_way_requeues_requests_and_they_complete_correctly(tiny_llama):
     prompts = [[(i * 13 + j * 7) % 500 + 3 for j in range(5 + i * 9)] for i in range(6)]
     cfg = ClusterConfig(model=str(tiny_llama), devices=4, tp=1, max_tp=4, dtype="float32", device_memory="32MiB",
@@ -137,7 +135,7 @@ def test_a_transformation_failing_part_way_requeues_requests_and_they_complete_c
         seqs = [c.add_request(p, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)) for p in prompts]
         for _ in range(4):
             c.step()
-        c.workers[2].call("invoke", fail_next_transform)
+        c.workers[2].call(FailNextMove())
         with pytest.raises(TransformError, match="requests re-queued"):
             c.merge([0, 1, 2, 3])
         assert [i.tp for i in c.instances] == [1, 1, 1, 1] and "injected fault" in c.failures[0]
@@ -157,7 +155,7 @@ def test_every_device_takes_the_phase_barrier_even_without_weight_moves_of_its_o
         slab0 = c.layout.slab_pages_of(0)  # held by device 0; free KV pages on device 1 at TP4, nothing in them
         fetch = (0, Move(0, 1, slab0.start, slab0.start, len(slab0)))
         for d, w in enumerate(c.workers):
-            w.send("transform", [], [fetch] if d in (0, 1) else [], 4, d, 0, (0, 4))
+            w.send(Transform([], [fetch] if d in (0, 1) else [], 4, d, 0, (0, 4)))
         stats = recv_all(c.workers, timeout=60)
         assert stats[1]["weight_bytes_sent"] == 0 and stats[0]["weight_bytes_sent"] == len(slab0) * c.layout.page_bytes
         outs = c.generate(TINY_PROMPTS, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))

@@ -58,5 +58,5 @@ def test_a_bad_address_or_process_is_a_clear_error(peer):
     buf = ctypes.create_string_buffer(64)
     with pytest.raises(OSError, match=f"process_vm_readv from pid {pid}: read 0 of 64 bytes"):
         peer_reads.read(pid, [Run(ctypes.addressof(buf), 8, 64)])
-    assert not peer_reads.can_read(pid, 8, 64)
-    assert not peer_reads.can_read(2**22 + 12345, address, 64)  # no such process
+    assert "read 0 of 64 bytes" in peer_reads.read_refusal(pid, 8, 64)
+    assert "No such process" in peer_reads.read_refusal(2**22 + 12345, address, 64)
