@@ -19,6 +19,24 @@ def is_power_of_two(x: int) -> bool:
     return x >= 1 and not x & (x - 1)
 
 
+def parse_layout(text: str | list[int], devices: int, max_tp: int) -> list[int]:
+    """Instance sizes in device order, each a power of two at most `max_tp`, starting at a device
+    index it divides (the buddy layout), together covering every device."""
+    try:
+        sizes = [int(x) for x in text.split(",")] if isinstance(text, str) else [int(x) for x in text]
+    except ValueError:
+        raise ValueError(f"cannot read the layout {text!r}; write instance sizes like 2,1,1") from None
+    start = 0
+    for s in sizes:
+        if not is_power_of_two(s) or s > max_tp or start % s:
+            raise ValueError(f"layout {text!r}: an instance of {s} device(s) cannot start at device {start} "
+                             f"(sizes are powers of two up to --max-tp {max_tp}, starting at a multiple of their size)")
+        start += s
+    if start != devices:
+        raise ValueError(f"layout {text!r} covers {start} device(s); --devices is {devices}")
+    return sizes
+
+
 @dataclass
 class ClusterConfig:
     model: str | None = None
@@ -34,6 +52,7 @@ class ClusterConfig:
     threads_per_device: int | None = None
     cpu_kernels: bool = True  # bf16 on CPUs with AVX512-BF16: packed matmuls and paged decode in C (gyges/kernels)
     peer_reads: bool = True  # CPU: transformations read peers' arenas directly instead of gloo send/recv
+    layout: str | list[int] | None = None  # instance sizes in device order, e.g. "2,1,1"; default: all --tp
 
     def __post_init__(self):
         if self.devices < 1:
@@ -52,6 +71,8 @@ class ClusterConfig:
             raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.block_tokens < 1 or self.max_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("block_tokens, max_batched_tokens and max_num_seqs must be positive")
+        self.sizes = parse_layout(self.layout, self.devices, self.max_tp) if self.layout else \
+            [self.tp] * (self.devices // self.tp)
         self.memory_bytes = parse_bytes(self.device_memory)
         if self.threads_per_device is None:
             self.threads_per_device = max(1, (os.cpu_count() or 1) // self.devices)

@@ -29,6 +29,10 @@ class Scheduler:
     def add(self, seq: Sequence):
         self.waiting.append(seq)
 
+    def adopt_running(self, seq: Sequence):
+        """Take over a running request whose KV pages a transformation already placed in this pool."""
+        self.running.append(seq)
+
     @property
     def requests(self) -> list[Sequence]:
         """Every unfinished request: running first, then waiting."""
@@ -43,8 +47,8 @@ class Scheduler:
         return sum(s.num_tokens for s in self.running) + sum(s.num_tokens for s in self.waiting)
 
     def fits_alone(self, seq: Sequence) -> bool:
-        """Whether the whole request could ever fit in this instance's KV pages."""
-        return self.pool.blocks_for(len(seq.prompt_ids) + seq.params.max_tokens) <= self.pool.total_blocks
+        """Whether the request, as far as it may grow, fits this instance's KV pages."""
+        return self.pool.blocks_for(seq.kv_need) <= self.pool.total_blocks
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch):
         self.running.remove(seq)
@@ -79,7 +83,7 @@ class Scheduler:
             seq = self.waiting[0]
             if not self.fits_alone(seq):
                 self.waiting.popleft()
-                seq.error = (f"request needs {len(seq.prompt_ids) + seq.params.max_tokens} tokens of KV cache; "
+                seq.error = (f"request needs {seq.kv_need} tokens of KV cache; "
                              f"this instance holds at most {self.pool.total_blocks * self.pool.block_tokens}")
                 batch.failed.append(seq)
                 continue

@@ -1,16 +1,19 @@
-"""Carry out a merge or split on a cluster between two steps: plan, execute on the workers,
+"""A merge or split as phases the controller runs between steps: plan, pre-copy chunks, switch,
 install the new instances with every request still in them.
 
-With pre-copy (`Transition`), the KV units of full blocks (immutable from then on) and, for a
-split, weight slabs whose pages are free are copied in chunks between steps while the instances
-keep decoding; the switch then plans again and moves only what changed.
+Nothing here talks to a process: each phase returns the commands for the devices taking part
+(`{device: CopyPages | Transform}`, gyges/worker/commands.py), and the controller sends them, collects the answers while other instances keep
+stepping, and calls back. With pre-copy, the KV units of full blocks (immutable from then on) and,
+for a split, weight slabs whose pages are free are copied in chunks while the instances keep
+decoding; the switch then plans again and moves only what changed.
 """
 import time
 from dataclasses import dataclass, field
 
+from gyges.worker.commands import CopyPages, Transform
 from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, coalesce, owner_of,
                                   plan_merge, plan_split)
-from gyges.worker.handle import recv_all
+from gyges.worker.commands import CopyPages, Transform
 
 PRECOPY_CHUNK_BYTES = 32 << 20
 
@@ -28,6 +31,7 @@ class TransformReport:
     plan: TransformPlan | None = None
     precopy_bytes: int = 0
     precopy_s: float = 0.0
+    switch_s: float = 0.0   # from the switch's commands to the new instances installed
 
 
 def _snapshot(instances) -> tuple[list[SeqKV], dict[int, list[int]]]:
@@ -40,119 +44,11 @@ def _snapshot(instances) -> tuple[list[SeqKV], dict[int, list[int]]]:
     return seqs, free
 
 
-def _execute(cluster, kind: str, old, plan: TransformPlan) -> TransformReport:
-    t0 = time.perf_counter()
-    kv = list(enumerate(plan.kv_moves))
-    weights = list(enumerate(plan.weight_moves, start=len(kv)))
-    involved = [d for part in plan.instances for d in part]
-    group = (min(involved), len(involved))
-    for part in plan.instances:
-        for rank, d in enumerate(part):
-            cluster.workers[d].send("transform", [x for x in kv if d in (x[1].src, x[1].dst)],
-                                    [x for x in weights if d in (x[1].src, x[1].dst)], len(part), rank, min(part), group)
-    stats = dict(zip(involved, recv_all([cluster.workers[d] for d in involved])))
-    new = [cluster._make_instance(part, plan.free_after) for part in plan.instances]
-    by_id = {s.id: s for inst in old for s in inst.scheduler.running}
-    for sid, j in sorted(plan.seq_instance.items(), key=lambda x: x[0]):
-        seq = by_id[sid]
-        seq.pages = plan.seq_pages[sid]
-        new[j].scheduler.running.append(seq)
-    for inst in old:
-        for seq in inst.scheduler.waiting:
-            min(new, key=lambda i: i.scheduler.load_tokens).scheduler.add(seq)
-    cluster.instances = sorted([i for i in cluster.instances if i not in old] + new, key=lambda i: min(i.devices))
-    page = cluster.layout.page_bytes
-    return TransformReport(kind, [i.devices for i in old], plan.instances, time.perf_counter() - t0,
-                           plan.kv_units_moved, plan.kv_units_moved * page,
-                           sum(mv.count for mv in plan.weight_moves) * page, stats, plan)
-
-
-def _plan(cluster, kind: str, old, parts: int, placed: Placed | None = None, fetched=frozenset()) -> TransformPlan:
+def _plan(layout, kind: str, old, parts: int, placed: Placed | None = None, fetched=frozenset()) -> TransformPlan:
     seqs, free = _snapshot(old)
     if kind == "merge":
-        return plan_merge(cluster.layout, [i.devices for i in old], seqs, free, placed)
-    return plan_split(cluster.layout, old[0].devices, parts, seqs, free, placed, fetched)
-
-
-class Transition:
-    """A merge or split in two phases: `advance` pre-copies a chunk between steps, `switch` finishes."""
-
-    def __init__(self, cluster, kind: str, old, parts: int = 0):
-        self.cluster, self.kind, self.old, self.parts = cluster, kind, old, parts
-        self.started = time.perf_counter()
-        tentative = _plan(cluster, kind, old, parts)
-        self.placed: Placed = {}
-        self.fetched: set[tuple[int, int]] = set()
-        self.reserved: dict[int, set[int]] = {d: set() for i in old for d in i.devices}
-        free = {d: set(p.free) for i in old for d, p in zip(i.devices, i.scheduler.pool.devices)}
-        units = []
-        block = cluster.cfg.block_tokens
-        for i, inst in enumerate(old):
-            for seq in inst.scheduler.running:
-                part = tentative.instances[tentative.seq_instance[seq.id]]
-                for g, row in enumerate(seq.pages):
-                    src, dst = owner_of(inst.devices, cluster.layout.max_tp, g), owner_of(part, cluster.layout.max_tp, g)
-                    for b, p in enumerate(row[:seq.num_computed // block]):  # full blocks only
-                        q = tentative.seq_pages[seq.id][g][b]
-                        if (src, p) != (dst, q) and q in free[dst] and q not in self.reserved[dst]:
-                            self.placed[(seq.id, g, b)] = (p, q)
-                            self.reserved[dst].add(q)
-                            units.append(Move(src, dst, p, q))
-        weights = []
-        lay = cluster.layout
-        for mv in tentative.weight_moves:
-            pages = set(range(mv.dst_page, mv.dst_page + mv.count))
-            if pages <= free[mv.dst] - self.reserved[mv.dst]:
-                self.reserved[mv.dst] |= pages
-                self.fetched.add((mv.dst, (mv.dst_page - lay.replicated_pages) // lay.slab_pages))
-                weights.append(mv)
-        for inst in old:
-            for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-                pages.free = [p for p in pages.free if p not in self.reserved[d]]
-        self.chunks = _chunks(coalesce(units) + weights, cluster.layout.page_bytes)
-        self.precopy_bytes = (len(units) + sum(m.count for m in weights)) * cluster.layout.page_bytes
-        self.precopy_s = 0.0
-
-    @property
-    def done(self) -> bool:
-        return not self.chunks
-
-    def advance(self):
-        """Copy the next chunk; the instances keep their requests and decode on afterwards."""
-        t = time.perf_counter()
-        chunk = list(enumerate(self.chunks.pop(0)))
-        devices = [d for i in self.old for d in i.devices]
-        for d in devices:
-            self.cluster.workers[d].send("copy_pages", [x for x in chunk if d in (x[1].src, x[1].dst)])
-        recv_all([self.cluster.workers[d] for d in devices])
-        self.precopy_s += time.perf_counter() - t
-
-    def abort(self):
-        """Give the reserved destination pages back; the old instances serve on untouched."""
-        for inst in self.old:
-            for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-                pages.give(sorted(self.reserved[d], reverse=True))
-
-    def switch(self) -> TransformReport:
-        """Plan again with the pre-copied units in place, move the rest, install the new instances."""
-        try:
-            plan = _plan(self.cluster, self.kind, self.old, self.parts, self.placed, self.fetched)
-        except TransformError:
-            self.abort()
-            raise
-        used = {}
-        for sid, rows in plan.seq_pages.items():
-            for g, row in enumerate(rows):
-                d = owner_of(plan.instances[plan.seq_instance[sid]], self.cluster.layout.max_tp, g)
-                used.setdefault(d, set()).update(row)
-        weight_pages = {d: set(self.cluster.layout.weight_pages(len(part), r))
-                        for part in plan.instances for r, d in enumerate(part)}
-        for d, pages in self.reserved.items():
-            plan.free_after[d] = sorted(set(plan.free_after[d]) | (pages - used.get(d, set()) - weight_pages[d]))
-        report = _execute(self.cluster, self.kind, self.old, plan)
-        report.total_s = time.perf_counter() - self.started
-        report.precopy_bytes, report.precopy_s = self.precopy_bytes, self.precopy_s
-        return report
+        return plan_merge(layout, [i.devices for i in old], seqs, free, placed)
+    return plan_split(layout, old[0].devices, parts, seqs, free, placed, fetched)
 
 
 def _chunks(moves: list[Move], page_bytes: int) -> list[list[Move]]:
@@ -166,9 +62,131 @@ def _chunks(moves: list[Move], page_bytes: int) -> list[list[Move]]:
     return [c for c in out if c]
 
 
-def merge(cluster, instances) -> TransformReport:
-    return _execute(cluster, "merge", instances, _plan(cluster, "merge", instances, 0))
+def _cross_bytes(moves: list[Move], page_bytes: int) -> int:
+    return sum(mv.count for mv in moves if mv.src != mv.dst) * page_bytes
 
 
-def split(cluster, instance, parts: int) -> TransformReport:
-    return _execute(cluster, "split", [instance], _plan(cluster, "split", [instance], parts))
+def _for_devices(moves: list[tuple[int, Move]], devices) -> dict[int, list]:
+    return {d: [x for x in moves if d in (x[1].src, x[1].dst)] for d in devices}
+
+
+class Transition:
+    """One merge or split of `old` instances. `make_instance(devices, free_pages)` builds an instance.
+
+    Phases: until `done`, `next_chunk()` gives each device its `CopyPages`; then `switch()` plans
+    with the pre-copied units in place and gives each device its `Transform`; `install(stats)` returns the new instances (requests moved in) and the report.
+    """
+
+    def __init__(self, layout, block_tokens: int, make_instance, kind: str, old, parts: int = 0,
+                 precopy: bool = True):
+        self.layout, self.make_instance = layout, make_instance
+        self.kind, self.old, self.parts = kind, old, parts
+        self.devices = [d for i in old for d in i.devices]
+        self.started = time.perf_counter()
+        self.placed: Placed = {}
+        self.fetched: set[tuple[int, int]] = set()
+        self.reserved: dict[int, set[int]] = {d: set() for d in self.devices}
+        self.chunks: list[list[Move]] = []
+        self.precopy_bytes, self.precopy_s = 0, 0.0
+        self.plan: TransformPlan | None = None
+        self._switch_t = 0.0
+        tentative = _plan(layout, kind, old, parts)  # raises TransformError when it cannot fit
+        if precopy:
+            self._reserve_precopy(tentative, block_tokens)
+
+    def _reserve_precopy(self, tentative: TransformPlan, block_tokens: int):
+        lay = self.layout
+        free = {d: set(p.free) for i in self.old for d, p in zip(i.devices, i.scheduler.pool.devices)}
+        units = []
+        for inst in self.old:
+            for seq in inst.scheduler.running:
+                part = tentative.instances[tentative.seq_instance[seq.id]]
+                for g, row in enumerate(seq.pages):
+                    src, dst = owner_of(inst.devices, lay.max_tp, g), owner_of(part, lay.max_tp, g)
+                    for b, p in enumerate(row[:seq.num_computed // block_tokens]):  # full blocks only
+                        q = tentative.seq_pages[seq.id][g][b]
+                        if (src, p) != (dst, q) and q in free[dst] and q not in self.reserved[dst]:
+                            self.placed[(seq.id, g, b)] = (p, q)
+                            self.reserved[dst].add(q)
+                            units.append(Move(src, dst, p, q))
+        weights = []
+        for mv in tentative.weight_moves:
+            pages = set(range(mv.dst_page, mv.dst_page + mv.count))
+            if pages <= free[mv.dst] - self.reserved[mv.dst]:
+                self.reserved[mv.dst] |= pages
+                self.fetched.add((mv.dst, (mv.dst_page - lay.replicated_pages) // lay.slab_pages))
+                weights.append(mv)
+        for inst in self.old:
+            for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
+                pages.free = [p for p in pages.free if p not in self.reserved[d]]
+        self.chunks = _chunks(coalesce(units) + weights, lay.page_bytes)
+        self.precopy_bytes = (len(units) + sum(m.count for m in weights)) * lay.page_bytes
+
+    @property
+    def done(self) -> bool:
+        """Every pre-copy chunk has been handed out: the switch is next."""
+        return not self.chunks
+
+    def next_chunk(self) -> tuple[dict[int, CopyPages], int]:
+        """The command for every device of the next pre-copy chunk, and the bytes it moves."""
+        chunk = self.chunks.pop(0)
+        msgs = {d: CopyPages(moves) for d, moves in _for_devices(list(enumerate(chunk)), self.devices).items()}
+        return msgs, _cross_bytes(chunk, self.layout.page_bytes)
+
+    def chunk_done(self, seconds: float):
+        self.precopy_s += seconds
+
+    def abort(self):
+        """Give the reserved destination pages back; the old instances serve on untouched."""
+        for inst in self.old:
+            for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
+                pages.give(sorted(self.reserved[d], reverse=True))
+
+    def switch(self) -> tuple[dict[int, Transform], int]:
+        """Plan again with the pre-copied units in place: the `Transform` command for every device,
+        and the bytes they move.
+        The old instances must have no step in flight. On TransformError the reservation is undone."""
+        self._switch_t = time.perf_counter()
+        try:
+            plan = _plan(self.layout, self.kind, self.old, self.parts, self.placed, self.fetched)
+        except TransformError:
+            self.abort()
+            raise
+        used = {}
+        for sid, rows in plan.seq_pages.items():
+            for g, row in enumerate(rows):
+                d = owner_of(plan.instances[plan.seq_instance[sid]], self.layout.max_tp, g)
+                used.setdefault(d, set()).update(row)
+        weight_pages = {d: set(self.layout.weight_pages(len(part), r))
+                        for part in plan.instances for r, d in enumerate(part)}
+        for d, pages in self.reserved.items():
+            plan.free_after[d] = sorted(set(plan.free_after[d]) | (pages - used.get(d, set()) - weight_pages[d]))
+        self.plan = plan
+        kv = list(enumerate(plan.kv_moves))
+        weights = list(enumerate(plan.weight_moves, start=len(kv)))
+        group = (min(self.devices), len(self.devices))
+        kv_by, w_by = _for_devices(kv, self.devices), _for_devices(weights, self.devices)
+        msgs = {d: Transform(kv_by[d], w_by[d], len(part), rank, min(part), group)
+                for part in plan.instances for rank, d in enumerate(part)}
+        return msgs, _cross_bytes(plan.kv_moves + plan.weight_moves, self.layout.page_bytes)
+
+    def install(self, stats: dict[int, dict]) -> tuple[list, TransformReport]:
+        """The new instances, every running request in its planned place and the waiting ones spread
+        by load; and the report."""
+        plan = self.plan
+        new = [self.make_instance(part, plan.free_after) for part in plan.instances]
+        by_id = {s.id: s for inst in self.old for s in inst.scheduler.running}
+        for sid, j in sorted(plan.seq_instance.items(), key=lambda x: x[0]):
+            seq = by_id[sid]
+            seq.pages = plan.seq_pages[sid]
+            new[j].scheduler.adopt_running(seq)
+        for inst in self.old:
+            for seq in inst.scheduler.waiting:
+                min(new, key=lambda i: i.scheduler.load_tokens).scheduler.add(seq)
+        page = self.layout.page_bytes
+        now = time.perf_counter()
+        report = TransformReport(self.kind, [i.devices for i in self.old], plan.instances, now - self.started,
+                                 plan.kv_units_moved, plan.kv_units_moved * page,
+                                 sum(mv.count for mv in plan.weight_moves) * page, stats, plan,
+                                 self.precopy_bytes, self.precopy_s, now - self._switch_t)
+        return new, report
