@@ -1,7 +1,9 @@
 """The shared-memory all-reduce between real processes: the exact sum, the same bits on every rank,
-an error (not a hang) when a peer never arrives, and no segment files left behind by a cluster."""
+an error (not a hang) when a peer never arrives, private segments, and none left behind by a
+cluster or by a controller that was killed."""
 import multiprocessing
 import os
+import stat
 
 import pytest
 import torch
@@ -9,10 +11,11 @@ import torch
 from gyges.cluster.cluster import Cluster
 from gyges.cluster.config import ClusterConfig
 from gyges.kernels.build import library
-from gyges.kernels.shm_allreduce import SHM_DIR, ShmAllReduce, create_segments, remove_segments, segment_path
+from gyges.kernels.shm_allreduce import (SHM_DIR, ShmAllReduce, create_segments, remove_segments,
+                                         remove_stale_segments, segment_path, segment_prefix)
 from tests.worker.extension import UsesShm
 
-pytestmark = pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
+needs_kernels = pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
 CASES = [(torch.float32, 37), (torch.bfloat16, 1000), (torch.bfloat16, 32 * 576), (torch.float32, 4096)]
 SLOT = 32 * 576 * 4
 
@@ -32,6 +35,7 @@ def _rank_main(rank: int, size: int, prefix: str, out):
     out.put((rank, results))
 
 
+@needs_kernels
 @pytest.mark.parametrize("size", [2, 4])
 def test_sum_is_exact_and_identical_on_every_rank(size):
     prefix = f"gyges-test-{os.getpid()}"
@@ -54,6 +58,7 @@ def test_sum_is_exact_and_identical_on_every_rank(size):
         assert all((results[r][k] == results[0][k]).all() for r in range(size))
 
 
+@needs_kernels
 def test_missing_peer_raises_instead_of_hanging():
     prefix = f"gyges-test-{os.getpid()}-alone"
     assert create_segments(prefix, [(0, 2)], SLOT)
@@ -65,6 +70,7 @@ def test_missing_peer_raises_instead_of_hanging():
         remove_segments(prefix, [(0, 2)])
 
 
+@needs_kernels
 def test_cluster_removes_its_segment_files(tiny_llama):
     before = set(SHM_DIR.iterdir())
     cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=2, dtype="float32", device_memory="32MiB", block_tokens=4)
@@ -72,3 +78,37 @@ def test_cluster_removes_its_segment_files(tiny_llama):
         assert not [p for p in set(SHM_DIR.iterdir()) - before if p.name.startswith("gyges-")]
         assert cluster.workers[0].call(UsesShm())
     assert not [p for p in set(SHM_DIR.iterdir()) - before if p.name.startswith("gyges-")]
+
+
+@needs_kernels
+def test_segments_are_private_and_never_reused():
+    prefix = segment_prefix()
+    assert prefix.startswith(f"gyges-{os.getpid()}-") and len(prefix.split("-")[2]) == 16
+    assert create_segments(prefix, [(0, 2)], SLOT)
+    try:
+        path = segment_path(prefix, 0, 2)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert not create_segments(prefix, [(0, 2)], SLOT)  # O_EXCL: a taken name is refused...
+        assert path.exists()  # ...and the segment that holds it is left alone
+    finally:
+        remove_segments(prefix, [(0, 2)])
+
+
+def _dead_pid() -> int:
+    p = multiprocessing.get_context("spawn").Process(target=int)
+    p.start()
+    p.join()
+    return p.pid
+
+
+def test_segments_of_controllers_no_longer_alive_are_removed():
+    dead = SHM_DIR / f"gyges-{_dead_pid()}-0123456789abcdef-0-2"
+    alive = SHM_DIR / f"gyges-{os.getpid()}-0123456789abcdef-0-2"
+    for p in (dead, alive):
+        p.write_bytes(b"")
+    try:
+        remove_stale_segments()
+        assert not dead.exists() and alive.exists()
+    finally:
+        for p in (dead, alive):
+            p.unlink(missing_ok=True)
