@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM
 from gyges.cluster.cluster import Cluster, Output
 from gyges.cluster.config import ClusterConfig
 from gyges.engine.sequence import SamplingParams
+from gyges.kernels.build import library, unavailable_reason
 from gyges.memory.layout import device_layout
 from gyges.model.config import ModelConfig
 from gyges.transform.plan import Move, TransformError
@@ -13,7 +14,8 @@ from gyges.worker.commands import Transform
 from gyges.worker.handle import recv_all
 from tests.reference import check_against_reference
 from tests.transform.test_peer_reads import yama_forbids
-from tests.worker.extension import FailNextMove
+from tests.conftest import make_tiny_model
+from tests.worker.extension import FailNextMove, KernelsInUse
 
 TINY_PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [100, 200], list(range(3, 23))]
 # process overhead a transformation may add outside the arena (gloo's first connection, Python objects)
@@ -160,3 +162,37 @@ def test_every_device_takes_the_phase_barrier_even_without_weight_moves_of_its_o
         assert stats[1]["weight_bytes_sent"] == 0 and stats[0]["weight_bytes_sent"] == len(slab0) * c.layout.page_bytes
         outs = c.generate(TINY_PROMPTS, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
+
+
+BF16_TOLERANCE = 2e-2  # as against fp32 transformers in tests/model/test_llama.py
+
+
+@pytest.mark.parametrize("kernels", [False, pytest.param(True, marks=pytest.mark.skipif(
+    library() is None, reason=f"C kernels unavailable here: {unavailable_reason()}"))], ids=["pytorch", "kernels"])
+def test_bf16_4xtp1_to_tp2_to_tp4_and_back_with_packed_weights(tmp_path, kernels):
+    """bf16, where packing and the C kernels apply (head_dim 32, rows multiples of 16): packed slabs
+    move between devices as raw pages and every request still matches fp32 transformers."""
+    path = make_tiny_model(tmp_path, "llama", heads=4, kv_heads=4, hidden_size=128, intermediate_size=352,
+                           num_hidden_layers=2)
+    prompts = [[(i * 13 + j * 7) % 500 + 3 for j in range(5 + i * 9)] for i in range(8)]
+    cfg = ClusterConfig(model=str(path), devices=4, tp=1, max_tp=4, dtype="bfloat16", device_memory="32MiB",
+                        block_tokens=4, max_batched_tokens=32, cpu_kernels=kernels)
+    schedule = {3: ("merge", [0, 1]), 5: ("merge", [2, 3]), 7: ("merge", [0, 1, 2, 3]), 11: ("split", 0),
+                15: ("split", 0), 17: ("split", 2)}
+    with Cluster(cfg, record_logits=True) as c:
+        assert all(w.call(KernelsInUse()) == (kernels, kernels, kernels) for w in c.workers)
+        seqs = [c.add_request(p, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)) for p in prompts]
+        step, shapes = 0, []
+        while c.has_work:
+            c.step()
+            step += 1
+            if step in schedule:
+                kind, arg = schedule[step]
+                c.merge(arg) if kind == "merge" else c.split(arg)
+                shapes.append(sorted(i.tp for i in c.instances))
+        outs = outputs(c, seqs)
+    assert shapes == [[1, 1, 2], [2, 2], [4], [2, 2], [1, 1, 2], [1, 1, 1, 1]]
+    assert all(o.error is None and len(o.token_ids) == 24 for o in outs)
+    worst = check_against_reference(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), outs,
+                                     BF16_TOLERANCE)
+    print(f"bf16 through merge/split ({'kernels' if kernels else 'pytorch'}): max relative logit error {worst:.2e}")
