@@ -6,6 +6,7 @@ signal closes the HTTP server at once; the workers are stopped either way.
 """
 import argparse
 import dataclasses
+import signal
 import threading
 from pathlib import Path
 
@@ -51,16 +52,22 @@ def serve(args) -> int:
                             max_queued_requests=args.max_queued_requests, max_model_len=args.max_model_len)
     template = Path(args.chat_template).read_text() if args.chat_template else None
     name = args.served_model_name or args.model or resolve_model(None).stem
-    engine = Engine(cfg, serve_cfg)
-    server = _Server(uvicorn.Config(build_app(engine, ServerSettings(name, args.api_key, args.enable_operator_endpoints,
-                                                                      template)),
-                                    host=args.host, port=args.port, log_level=args.log_level,
-                                    timeout_graceful_shutdown=5),
-                     engine, args.shutdown_timeout)
-    layout = ", ".join(f"TP{i['tp']} {i['devices']}" for i in engine.cluster_info()["instances"])
-    print(f"gyges: serving {name!r} on {args.devices} device(s): {layout}; policy {args.policy}\n"
-          f"gyges: http://{args.host}:{args.port}/v1", flush=True)
+    # Ctrl-C signals the whole process group: the workers and the engine thread inherit a block on
+    # the stop signals, so only this thread gets them, and drains, instead of the workers dying
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
+        engine = Engine(cfg, serve_cfg)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+    settings = ServerSettings(name, args.api_key, args.enable_operator_endpoints, template)
+    server = _Server(uvicorn.Config(build_app(engine, settings), host=args.host, port=args.port,
+                                    log_level=args.log_level, timeout_graceful_shutdown=5),
+                     engine, args.shutdown_timeout)
+    try:
+        layout = ", ".join(f"TP{i['tp']} {i['devices']}" for i in engine.cluster_info()["instances"])
+        print(f"gyges: serving {name!r} on {args.devices} device(s): {layout}; policy {args.policy}\n"
+              f"gyges: http://{args.host}:{args.port}/v1", flush=True)
         server.run()
     finally:
         server.stop_engine()
