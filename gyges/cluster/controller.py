@@ -119,6 +119,7 @@ class Controller:
         self.failures: deque[tuple[float, str]] = deque(maxlen=HISTORY)
         self.logits: dict[int, list] = {}
         self.down: str | None = None  # why the cluster stopped serving (gave up after failures)
+        self.recovering = False       # workers are restarting after a failure
         self._inbox: deque = deque()
         self._lock = threading.Lock()
         self._next_tick = backend.now() + TICK_S
@@ -503,16 +504,19 @@ class Controller:
         seqs = sorted((s for i in self.instances for s in i.scheduler.requests), key=lambda s: s.id)
         sizes = self.sizes
         recent = sum(1 for t, _ in self.failures if now - t <= FAILURE_WINDOW_S)
+        self.recovering = True
         try:
             if self.restart is None or recent > MAX_FAILURES:
                 raise WorkerError(f"gave up after {recent} worker failures within {FAILURE_WINDOW_S:.0f} s")
             self.backend = self.restart(sizes)
         except WorkerError as e:
+            self.recovering = False
             self.down = f"{reason}; {e}"
             for seq in seqs + self.held:
                 self._end(None, seq, "error", self.down)
             self.held, self.instances = [], []
             raise WorkerError(self.down) from None
+        self.recovering = False
         self.instances = self._layout_instances(sizes)
         for seq in seqs:
             seq.pages, seq.num_computed, seq.status = [], 0, Status.WAITING

@@ -189,7 +189,8 @@ class Engine:
     @property
     def healthy(self) -> bool:
         c = self.controller
-        return c.down is None and self._thread.is_alive() and all(w.proc.is_alive() for w in self.cluster.workers)
+        return (c.down is None and not c.recovering and self._thread.is_alive()
+                and all(w.proc.is_alive() for w in self.cluster.workers))
 
     # operators
 
@@ -215,9 +216,13 @@ class Engine:
         while self.controller.has_work and time.monotonic() < deadline and self._thread.is_alive():
             time.sleep(0.05)
         if self._thread.is_alive() and self.controller.has_work:
+            reason = "the server shut down before the request finished"
             try:
-                self._ask(lambda: self.controller.end_all("the server shut down before the request finished"))
-            except Exception as e:  # the loop is stuck: end the requests from here
+                self._ask(lambda: self.controller.end_all(reason))
+                settle = time.monotonic() + 10  # steps in flight come back, then their requests end
+                while self.controller.has_work and time.monotonic() < settle:
+                    time.sleep(0.02)
+            except Exception as e:  # the loop is stuck
                 log.error("could not end the remaining requests cleanly: %s", e)
         self._stop.set()
         self.controller.backend.wake()

@@ -1,0 +1,196 @@
+"""The engine thread: requests from other threads, per-request streams, aborts, independent
+instances during a transformation, failures noticed while idle."""
+import statistics
+import threading
+import time
+
+import pytest
+
+from gyges.cluster.config import ClusterConfig
+from gyges.cluster.engine import Engine, EngineDown, RequestError, ServeConfig, TokenEvent
+from gyges.engine.sequence import SamplingParams
+from gyges.memory.layout import device_layout
+from gyges.model.config import ModelConfig
+
+
+class Stream:
+    """What one request received: events with their arrival times."""
+
+    def __init__(self):
+        self.events: list[tuple[float, TokenEvent]] = []
+        self.done = threading.Event()
+
+    def __call__(self, ev: TokenEvent):
+        self.events.append((time.monotonic(), ev))
+        if ev.finished:
+            self.done.set()
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for _, ev in self.events for t in ev.token_ids]
+
+    @property
+    def final(self) -> TokenEvent:
+        return self.events[-1][1]
+
+    def token_times(self) -> list[float]:
+        return [t for t, ev in self.events for _ in ev.token_ids]
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+
+
+def prompt(i: int, n: int = 12) -> list[int]:
+    return [(i * 31 + j * 7) % 500 + 3 for j in range(n)]
+
+
+@pytest.fixture
+def engine_factory(tiny_llama):
+    engines = []
+
+    def make(devices=2, policy="static", device_memory="32MiB", **kw):
+        cfg = ClusterConfig(model=str(tiny_llama), devices=devices, tp=1, dtype="float32", device_memory=device_memory,
+                            block_tokens=4, **kw)
+        e = Engine(cfg, ServeConfig(policy=policy))
+        engines.append(e)
+        return e
+
+    yield make
+    for e in engines:
+        e.shutdown(timeout=5)
+
+
+def test_requests_from_threads_stream_their_own_tokens_and_match_lockstep(engine_factory, tiny_llama):
+    from gyges.cluster.cluster import Cluster
+    with Cluster(ClusterConfig(model=str(tiny_llama), dtype="float32", device_memory="32MiB", block_tokens=4)) as c:
+        expected = [o.token_ids for o in c.generate([prompt(i) for i in range(6)], greedy(10))]
+    engine = engine_factory(devices=2)
+    streams = [Stream() for _ in range(6)]
+    threads = [threading.Thread(target=engine.submit, args=(prompt(i), greedy(10), streams[i])) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in streams:
+        assert s.done.wait(60)
+    assert [s.tokens for s in streams] == expected
+    assert all(s.final.finish_reason == "length" and s.final.error is None for s in streams)
+    assert engine.stats().generation_tokens == 60
+
+
+def test_abort_ends_one_request_and_the_others_finish(engine_factory):
+    engine = engine_factory(devices=1)
+    long, short = Stream(), Stream()
+    rid = engine.submit(prompt(1), greedy(400), long)
+    engine.submit(prompt(2), greedy(20), short)
+    while len(long.tokens) < 3:
+        time.sleep(0.01)
+    engine.abort(rid)
+    assert long.done.wait(30) and short.done.wait(30)
+    assert long.final.finish_reason == "abort" and len(long.tokens) < 400
+    assert short.final.finish_reason == "length" and len(short.tokens) == 20
+    info = engine.cluster_info()
+    assert info["instances"][0]["kv_free_tokens"] == info["instances"][0]["kv_capacity_tokens"]  # pages back
+
+
+def small_memory(model, max_tp: int, blocks: int) -> int:
+    """Device memory for `blocks` KV blocks of 4 tokens at TP1 (after the weights)."""
+    lay = device_layout(ModelConfig.from_hf(model), max_tp, 4, 4, 1 << 30)
+    return (lay.min_pages(1) + max_tp * blocks) * lay.page_bytes
+
+
+def test_bad_requests_are_refused_at_once(engine_factory, tiny_llama):
+    engine = engine_factory(devices=1, device_memory=small_memory(tiny_llama, 1, 60))
+    with pytest.raises(RequestError, match="maximum context length is 1024"):
+        engine.submit(prompt(1, 1000), greedy(100), Stream())
+    with pytest.raises(RequestError, match="empty"):
+        engine.submit([], greedy(1), Stream())
+    with pytest.raises(RequestError, match=r"\[0, 512\)"):
+        engine.submit([600], greedy(1), Stream())
+    cap = engine.largest_kv_tokens()
+    with pytest.raises(RequestError, match=f"holds {cap}"):
+        engine.submit(prompt(1, cap - 10), greedy(20), Stream())
+
+
+def test_no_max_tokens_plans_with_the_output_estimate(engine_factory):
+    engine = engine_factory(devices=1)
+    s = Stream()
+    params = SamplingParams(max_tokens=None, temperature=0, ignore_eos=True)
+    engine.submit(prompt(3), params, s)
+    assert params.max_tokens == engine.max_model_len - 12
+    while len(s.tokens) < 5:
+        time.sleep(0.01)
+    engine.abort(s.events[0][1].request_id)
+    assert s.done.wait(30)
+
+
+def test_other_instances_keep_their_pace_while_two_devices_merge(engine_factory):
+    """Devices 2 and 3 keep stepping while 0 and 1 merge: their median gap between tokens while the
+    transformation runs stays within 1.5x of their median before it."""
+    engine = engine_factory(devices=4, max_tp=4, threads_per_device=1)
+    streams = [Stream() for _ in range(8)]
+    for i, s in enumerate(streams):
+        engine.submit(prompt(i, 40), greedy(300), s)
+    time.sleep(1.5)
+    placed = {d: [] for d in range(4)}
+    for inst in engine.cluster_info()["instances"]:
+        placed[inst["devices"][0]] = inst["running"]
+    assert all(placed[d] for d in range(4)), placed  # every instance busy, so the load stays the same
+    t0 = time.monotonic()
+    report = engine.merge([0, 1])
+    t1 = time.monotonic()
+    assert report["to"] == [[0, 1]]
+    time.sleep(0.5)
+    others = _requests_on(engine, [2, 3])
+    before, during = [], []
+    for s in (streams[i] for i in others):
+        times = s.token_times()
+        gaps = list(zip(times, times[1:]))
+        before += [b - a for a, b in gaps if b < t0]
+        during += [b - a for a, b in gaps if b >= t0 and a <= t1]
+    assert during, "no tokens on the other instances while the merge ran"
+    ratio = statistics.median(during) / statistics.median(before)
+    print(f"merge took {1e3 * (t1 - t0):.1f} ms; other instances' median gap during/before: {ratio:.2f}")
+    assert ratio <= 1.5
+    for i in others:
+        engine.abort(streams[i].events[0][1].request_id)
+
+
+def _requests_on(engine, devices) -> list[int]:
+    """Indices (in submission order) of the requests running on instances of `devices`."""
+    c = engine.controller
+    ids = engine._ask(lambda: sorted(s.id for i in c.instances if i.devices[0] in devices
+                                     for s in i.scheduler.running))
+    first = min(s.id for i in c.instances for s in i.scheduler.requests)
+    return [sid - first for sid in ids]
+
+
+def test_a_dead_idle_worker_is_noticed_within_a_second_and_the_cluster_recovers(engine_factory):
+    engine = engine_factory(devices=2)
+    assert engine.healthy
+    engine.cluster.workers[1].proc.kill()
+    t0 = time.monotonic()
+    while engine.healthy:
+        assert time.monotonic() - t0 < 1.5, "a dead idle worker went unnoticed"
+        time.sleep(0.02)
+    deadline = time.monotonic() + 60
+    while not engine.healthy:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    s = Stream()
+    engine.submit(prompt(5), greedy(5), s)
+    assert s.done.wait(30) and len(s.tokens) == 5
+    assert "exited" in engine.cluster_info()["failures"][0]
+
+
+def test_shutdown_ends_unfinished_requests_with_an_error(engine_factory):
+    engine = engine_factory(devices=1)
+    s = Stream()
+    engine.submit(prompt(1), greedy(1000), s)
+    while not s.tokens:
+        time.sleep(0.01)
+    engine.shutdown(timeout=0.2)
+    assert s.done.is_set() and s.final.finish_reason == "error" and "shut down" in s.final.error
+    with pytest.raises(EngineDown):
+        engine.submit(prompt(2), greedy(2), Stream())
