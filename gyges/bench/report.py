@@ -1,6 +1,8 @@
 """What a benchmark leaves behind: vLLM's result table, a JSON result with per-request records, and
 the exact requests with their send times as a JSONL trace that `vllm bench serve` replays."""
+import itertools
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,12 +61,22 @@ def result_json(res: BenchResult) -> dict:
 def replay_lines(res: BenchResult) -> list[dict]:
     """One JSON object per request in send order: Mooncake / vLLM timed-trace fields (`timestamp` in
     ms of the actual send after the first, `input_length`, `output_length`, `hash_ids` of
-    `block_tokens`-token blocks) and the exact `prompt` token ids with `output_tokens`."""
+    `block_tokens`-token blocks) and the exact `prompt` token ids with `output_tokens`.
+
+    vLLM's timed_trace builds a prompt of one chunk per hash id, so every block gets one: blocks the
+    trace names none for (Azure traces, or past the ids) get fresh ids shared with no one, as
+    `prompt_tokens` draws them. Replay with `--timed-trace-chunk-hash-size` = `block_tokens` and
+    `--timed-trace-sec-multiplier 0.001`."""
     cfg, w = res.config, res.workload
     sent = sorted(res.records, key=lambda r: r.send_s)
     t0 = sent[0].send_s
+    fresh = itertools.count(1 + max((h for r in w.requests for h in r.hash_ids), default=-1))
+
+    def hash_ids(r) -> list[int]:
+        ids = list(w.requests[r.index].hash_ids)
+        return ids + [next(fresh) for _ in range(math.ceil(r.prompt_len / w.block_tokens) - len(ids))]
     return [{"timestamp": round((r.send_s - t0) * 1000.0, 3), "input_length": r.prompt_len,
-             "output_length": r.output_len, "hash_ids": list(w.requests[r.index].hash_ids),
+             "output_length": r.output_len, "hash_ids": hash_ids(r),
              "block_tokens": w.block_tokens, "output_tokens": r.output_len,
              "prompt": prompt_tokens(w.requests[r.index], r.index, w.block_tokens, cfg.vocab_size, cfg.seed)}
             for r in sent]

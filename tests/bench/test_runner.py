@@ -58,3 +58,16 @@ def test_rate_and_concurrency(trace):
         res = run_benchmark(cfg)
     assert srv.peak == 1 and res.metrics.completed == 4 and res.workload.clipped == 1
     assert [len(b["prompt"]) for b in srv.bodies] == [32, 47, 12, 49]
+
+
+def test_replay_names_every_block_for_vllm_timed_trace():
+    # vLLM's timed_trace makes one chunk per hash id: blocks without one (Azure) get fresh ids
+    from gyges.bench.metrics import RequestRecord
+    from gyges.bench.runner import BenchResult
+    from gyges.bench.traces import TraceRequest
+    from gyges.bench.workload import Workload
+    w = Workload([TraceRequest(0.0, 40, 2), TraceRequest(0.1, 10, 1, (7,)), TraceRequest(0.2, 16, 1)], 16, 0)
+    recs = [RequestRecord(i, r.input_len, r.output_len, r.arrival_s) for i, r in enumerate(w.requests)]
+    lines = replay_lines(BenchResult(BenchConfig(base_url="", vocab_size=500), w, recs, None, None))
+    assert [x["hash_ids"] for x in lines] == [[8, 9, 10], [7], [11]]
+    assert [x["timestamp"] for x in lines] == [0.0, 100.0, 200.0]
