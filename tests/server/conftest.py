@@ -75,16 +75,19 @@ def stop_server(server: Server, timeout: float = 60) -> str:
     return server.proc.stdout.read()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory):
     """Two TP1 devices on a tiny float32 Llama; 0.95 MiB each holds 224 KV tokens, under the 256-token
-    context, so a prompt can fit the context yet exceed every instance."""
-    tmp = tmp_path_factory.mktemp("serve")
-    model = make_tiny_model(tmp / "tiny-llama", "llama")
-    (tmp / "chat.jinja").write_text(CHAT_TEMPLATE)
-    server = start_server(model, "--devices", "2", "--device-memory", "0.95MiB", "--dtype", "float32",
-                          "--policy", "static", "--max-model-len", "256", "--api-key", API_KEY,
-                          "--served-model-name", "tiny", "--chat-template", str(tmp / "chat.jinja"),
-                          "--max-num-seqs", "16")
+    context, so a prompt can fit the context yet exceed every instance. One per module (a test may
+    stop it)."""
+    server = start_server(*tiny_serve_args(tmp_path_factory.mktemp("serve")), "--api-key", API_KEY)
     yield server
     stop_server(server)
+
+
+def tiny_serve_args(tmp: Path) -> list[str]:
+    model = make_tiny_model(tmp / "tiny-llama", "llama")
+    (tmp / "chat.jinja").write_text(CHAT_TEMPLATE)
+    return [str(model), "--devices", "2", "--device-memory", "0.95MiB", "--dtype", "float32", "--policy", "static",
+            "--max-model-len", "256", "--served-model-name", "tiny", "--chat-template", str(tmp / "chat.jinja"),
+            "--max-num-seqs", "16"]
