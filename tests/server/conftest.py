@@ -45,8 +45,10 @@ class Server:
 
 
 def start_server(model, *args: str, timeout: float = 180) -> Server:
+    """`gyges serve` on a free port (`model` None: the embedded default), once /health answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gyges.cli", "serve", str(model), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "gyges.cli", "serve", *([str(model)] if model else []),
+                             "--port", str(port),
                              "--log-level", "warning", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=Path(__file__).parents[2])
     url = f"http://127.0.0.1:{port}"
