@@ -17,8 +17,9 @@ HEADERS = [HERE / "bf16_common.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 I64, PTR = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {
-    "gemm_bf16_packed": [PTR, I64, PTR, PTR, PTR, I64, I64, I64, I64],
-    "decode_attention_bf16": [PTR, I64, PTR, I64, I64, I64, I64, PTR, I64, I64, PTR, I64, I64, ctypes.c_float, PTR, I64],
+    "gemm_bf16_packed": [PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, I64, I64, I64],
+    "decode_attention_bf16": [PTR, I64, PTR, I64, I64, I64, I64, PTR, I64, I64, PTR, I64, I64, I64, ctypes.c_float,
+                              PTR, I64],
     "residual_rms_norm_bf16": [PTR, PTR, PTR, ctypes.c_float, PTR, I64, I64],
     "silu_mul_bf16": [PTR, PTR, I64, I64],
     "rope_write_kv_bf16": [PTR, I64, I64, I64, I64, I64, PTR, PTR, PTR, PTR, PTR],

@@ -14,12 +14,13 @@
 /* q: [nd, Hq, d] (sequence stride q_stride, head stride d); cache: one layer of the KV pages,
    page_stride elements apart, each [2][heads][block][d]; tables: [nd][m][max_blocks] page ids;
    lens: context length of each sequence including its new token; window: 0 or the sliding window;
+   kv_heads: the first kv_heads of the m * heads KV heads are attended (the rest is padding);
    out: [nd, Hq, d] contiguous. Query head kvh * group + i attends with KV head kvh = j * heads + h. */
 void decode_attention_bf16(const uint16_t *q, int64_t q_stride, const uint16_t *cache, int64_t page_stride,
                            int64_t heads, int64_t block, int64_t d, const int64_t *tables, int64_t m,
-                           int64_t max_blocks, const int64_t *lens, int64_t window, int64_t group, float scale,
-                           uint16_t *out, int64_t nd) {
-  int64_t kv_heads = m * heads, tasks = nd * kv_heads;
+                           int64_t max_blocks, const int64_t *lens, int64_t window, int64_t kv_heads, int64_t group,
+                           float scale, uint16_t *out, int64_t nd) {
+  int64_t tasks = nd * kv_heads;
   int64_t head_elems = block * d, kv_elems = heads * head_elems;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks; task++) {

@@ -20,17 +20,19 @@ def usable(cache: torch.Tensor, q_heads: int) -> bool:
 
 
 def decode_attention(cache: torch.Tensor, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
-                     window: int | None, scale: float) -> torch.Tensor:
-    """q: [nd, Hq, d] -> [nd, Hq, d]; tables: [nd, m, max_blocks]; lens: [nd] context lengths."""
+                     window: int | None, scale: float, kv_heads: int | None = None) -> torch.Tensor:
+    """q: [nd, Hq, d] -> [nd, Hq, d]; tables: [nd, m, max_blocks]; lens: [nd] context lengths;
+    kv_heads: the first KV heads of the m head groups (default all), the rest being padding."""
     nd, hq, d = q.shape
     heads, block = cache.shape[2], cache.shape[3]
     m = tables.shape[1]
+    kv_heads = m * heads if kv_heads is None else kv_heads
     if q.stride(2) != 1 or q.stride(1) != d:
         q = q.contiguous()
     tables, lens = tables.contiguous(), lens.contiguous()
     out = torch.empty(nd, hq, d, dtype=q.dtype, device=q.device)
     if nd:
         library().decode_attention_bf16(q.data_ptr(), q.stride(0), cache.data_ptr(), cache.stride(0), heads, block, d,
-                                        tables.data_ptr(), m, tables.shape[2], lens.data_ptr(), window or 0,
-                                        hq // (m * heads), scale, out.data_ptr(), nd)
+                                        tables.data_ptr(), m, tables.shape[2], lens.data_ptr(), window or 0, kv_heads,
+                                        hq // kv_heads, scale, out.data_ptr(), nd)
     return out

@@ -35,7 +35,8 @@ def host_bytes(nbytes: int) -> torch.Tensor:
 class Arena:
     def __init__(self, layout: DeviceLayout, dtype: torch.dtype, device: torch.device, packed: bool = False):
         """`packed`: store every weight matrix in the kernel's packed order (gyges/kernels/packed.py),
-        if every one of them has a shape it can pack."""
+        if every one of them has a shape it can pack and its real (unpadded) rows are whole 16-row
+        tiles (the kernel skips padding a tile at a time)."""
         self.layout = layout
         shape = (layout.num_pages, layout.page_elems)
         if device.type == "cpu":
@@ -45,7 +46,9 @@ class Arena:
         self.pages.view(torch.uint8).fill_(FILL_BYTE)
         self.flat = self.pages.view(-1)
         slots = [*layout.replicated.values(), *layout.shard.values()]
-        self.packed = packed and all(packed_kernel.packable(s.shape) for s in slots if len(s.shape) == 2)
+        cfg, pad = layout.config, layout.padding
+        tiles = cfg.head_dim % 16 == 0 and cfg.intermediate_size % 16 == 0 and pad.inter_per_shard % 16 == 0
+        self.packed = packed and tiles and all(packed_kernel.packable(s.shape) for s in slots if len(s.shape) == 2)
 
     def _stored_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """A matrix [N, K] is stored as [N/16, K/2, 16, 2] when packed; everything else as it is."""

@@ -56,6 +56,51 @@ class HeadPadding:
 
 
 @dataclass(frozen=True)
+class Run:
+    """Rows [start, stop) of finest shard `piece` (0-based among a rank's pieces)."""
+    piece: int
+    start: int
+    stop: int
+
+
+def real_runs(config: ModelConfig, pad: HeadPadding, name: str, groups: range) -> list[Run]:
+    """Where the real (unpadded) weights of a rank's pieces of matrix `name` ("qkv", "o", "gate_up",
+    "down") lie, in the order of the unpadded matrix: rows of column-parallel ones, input columns of
+    row-parallel ones. Padding sits at the end of q, k, v and the MLP, so a group that is all
+    padding contributes nothing: computing only these runs costs what the unpadded model costs.
+    Adjacent runs of one piece are merged."""
+    d, kvf, inter = config.head_dim, pad.kv_per_shard, pad.inter_per_shard
+    real_kv = [min(max(config.num_kv_heads - g * kvf, 0), kvf) for g in groups]
+    real_inter = [min(max(config.intermediate_size - g * inter, 0), inter) for g in groups]
+    q_rows = [k * config.group_size * d for k in real_kv]
+    if name == "qkv":
+        q_end, k_end = pad.q_per_shard * d, (pad.q_per_shard + kvf) * d
+        parts = [(0, q_rows), (q_end, [k * d for k in real_kv]), (k_end, [k * d for k in real_kv])]
+    elif name == "o":
+        parts = [(0, q_rows)]
+    elif name == "gate_up":
+        parts = [(0, real_inter), (inter, real_inter)]
+    elif name == "down":
+        parts = [(0, real_inter)]
+    else:
+        raise ValueError(f"no sharded matrix {name!r}")
+    runs = []
+    for offset, sizes in parts:
+        for j, n in enumerate(sizes):
+            if not n:
+                continue
+            if runs and runs[-1].piece == j and runs[-1].stop == offset:
+                runs[-1] = Run(j, runs[-1].start, offset + n)
+            else:
+                runs.append(Run(j, offset, offset + n))
+    return runs
+
+
+def run_rows(runs: list[Run]) -> int:
+    return sum(r.stop - r.start for r in runs)
+
+
+@dataclass(frozen=True)
 class KVUnit:
     """One page: K and V of `block_tokens` tokens, one head group, every layer.
 

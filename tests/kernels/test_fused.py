@@ -5,10 +5,15 @@ import torch.nn.functional as F
 
 from gyges.kernels import fused
 from gyges.kernels.build import library
-from gyges.model.llama import heads_major, rms_norm
+from gyges.model.llama import rms_norm
 from gyges.model.rope import apply_rotary
 
 pytestmark = pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
+
+
+def heads_major(x: torch.Tensor) -> torch.Tensor:
+    """[m, T, heads, d] (one block per head group) -> [T, m * heads, d]."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1, x.shape[3])
 
 
 @pytest.mark.parametrize("rows", [1, 5, 33])

@@ -4,6 +4,7 @@ import torch
 
 from gyges.kernels import packed
 from gyges.kernels.build import library
+from gyges.memory.layout import Run
 
 pytestmark = pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
 
@@ -51,3 +52,25 @@ def test_available_only_for_bf16_on_cpu():
     assert packed.available(torch.device("cpu"), torch.bfloat16)
     assert not packed.available(torch.device("cpu"), torch.float32)
     assert not packed.packable((20, 8)) and not packed.packable((16, 7)) and packed.packable((32, 8))
+
+
+def test_one_call_walks_pieces_and_skips_padding():
+    """Three pieces a slab apart, the third all padding and the second half padding: the column
+    tables give the real rows of every piece in one call, the row tables the sum over real inputs."""
+    torch.manual_seed(2)
+    m, n, k, slab = 3, 32, 64, 4096
+    storage = torch.randn(m * slab).bfloat16()
+    full = [torch.randn(n, k).bfloat16() for _ in range(m)]
+    for j, w in enumerate(full):
+        storage[j * slab:j * slab + n * k] = packed.pack(w).flatten()
+    pieces = storage.as_strided((m, n // 16, k // 2, 16, 2), (slab, k // 2 * 32, 32, 2, 1))
+    x = torch.randn(5, k).bfloat16()
+    runs = [Run(0, 0, 32), Run(1, 0, 16)]
+    y = packed.linear_tables(x, pieces, *packed.column_tables(pieces, runs))
+    w = torch.cat([full[0], full[1][:16]])
+    assert_bf16_rounding_of(y, reference(x, w), x, w)
+    runs = [Run(0, 0, 64), Run(1, 0, 30)]
+    xr = torch.randn(5, 94).bfloat16()
+    y = packed.linear_tables(xr, pieces, *packed.row_tables(pieces, runs))
+    w = torch.cat([full[0], full[1][:, :30]], 1)
+    assert_bf16_rounding_of(y, reference(xr, w), xr, w)

@@ -15,7 +15,7 @@ from tests.conftest import make_tiny_model
 @pytest.fixture(scope="module")
 def padded_model(tmp_path_factory):
     """6 query / 3 KV heads: at max_tp 4 the KV heads pad to 4."""
-    path = make_tiny_model(tmp_path_factory.mktemp("pad"), "llama", heads=6, kv_heads=3, hidden_size=48)
+    path = make_tiny_model(tmp_path_factory.mktemp("pad"), "llama", heads=6, kv_heads=3, hidden_size=96)
     return ModelConfig.from_hf(path), load_file(path / "model.safetensors")
 
 

@@ -1,7 +1,7 @@
 """The layout's promises: every rank's weights and KV slice are contiguous at every TP degree."""
 import pytest
 
-from gyges.memory.layout import HeadPadding, device_layout, head_groups
+from gyges.memory.layout import HeadPadding, device_layout, head_groups, real_runs, run_rows
 from gyges.model.config import ModelConfig
 
 SMOLLM2 = ModelConfig(arch="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
@@ -53,3 +53,26 @@ def test_page_is_one_kv_unit():
     lay = device_layout(SMOLLM2, 4, 16, 2, 2**30)
     assert lay.unit.shape == (30, 2, 1, 16, 64)
     assert lay.page_bytes == 30 * 2 * 16 * 64 * 2
+
+
+def test_real_runs_skip_padding_and_keep_the_unpadded_order():
+    """SmolLM2 at max_tp 4 is 12 / 4 heads: at TP1 the fourth group is all padding and costs nothing;
+    at max_tp 2 (also 12 / 4) the second group is half padding and only its real heads are kept."""
+    d = 64
+    pad4 = HeadPadding.of(SMOLLM2, 4)
+    qkv = real_runs(SMOLLM2, pad4, "qkv", head_groups(4, 1, 0))
+    assert [(r.piece, r.start, r.stop) for r in qkv] == (
+        [(j, 0, 3 * d) for j in range(3)] + [(j, 3 * d, 4 * d) for j in range(3)] + [(j, 4 * d, 5 * d) for j in range(3)])
+    assert run_rows(qkv) == (9 + 3 + 3) * d
+    assert run_rows(real_runs(SMOLLM2, pad4, "o", head_groups(4, 1, 0))) == 9 * d
+    assert real_runs(SMOLLM2, pad4, "qkv", head_groups(4, 4, 3)) == []  # the padding rank computes nothing
+    pad2 = HeadPadding.of(SMOLLM2, 2)
+    assert [(r.piece, r.start, r.stop) for r in real_runs(SMOLLM2, pad2, "o", head_groups(2, 1, 0))] == [
+        (0, 0, 6 * d), (1, 0, 3 * d)]
+    # unpadded at TP = max_tp: one run, the whole piece
+    assert [(r.piece, r.start, r.stop) for r in real_runs(SMOLLM2, HeadPadding.of(SMOLLM2, 1), "qkv", range(1))] == [
+        (0, 0, 15 * d)]
+    gate_up = real_runs(SMOLLM2, pad4, "gate_up", head_groups(4, 2, 1))
+    assert [(r.piece, r.start, r.stop) for r in gate_up] == [(0, 0, 384), (1, 0, 384), (0, 384, 768), (1, 384, 768)]
+    with pytest.raises(ValueError, match="no sharded matrix"):
+        real_runs(SMOLLM2, pad4, "embed", range(1))
