@@ -19,7 +19,7 @@ ATTAINMENT = 0.9  # the share of requests that must meet the SLO at a sustained 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("simulate", help="simulate a trace on a GPU cluster (cost model, virtual clock)")
-    p.add_argument("--trace", required=True, help="a shipped trace name or a Mooncake JSONL / Azure CSV file")
+    p.add_argument("--trace", help="a shipped trace name or a Mooncake JSONL / Azure CSV file")
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--gpu", default="h100", choices=sorted(GPUS))
     p.add_argument("--model", default="qwen2.5-32b", choices=sorted(MODELS))
@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("--compare", action="store_true", help="every policy, each at its highest rate within the SLO")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--no-stretch", dest="stretch", action="store_false", help="step every decode (slow, exact)")
+    p.add_argument("--fit", action="store_true", help="fit the CPU profile to our engine's measured steps "
+                   "(a profiling sweep of a few minutes, or --fit-from) and write it")
+    p.add_argument("--fit-from", default=None, help="with --fit: the samples of an earlier --fit JSON instead of a sweep")
+    p.add_argument("--fit-out", default=None, help="with --fit: where to write the profile (default: gyges/data/cpu_profile.json)")
     p.set_defaults(func=main)
 
 
@@ -58,6 +62,11 @@ def summary(res: SimResult, setup: Setup, slo: dict[str, float]) -> dict:
 
 
 def main(args) -> int:
+    if args.fit:
+        from gyges.sim.profiling import fit_command
+        return fit_command(args)
+    if not args.trace:
+        raise ValueError("--trace is required (or --fit)")
     setup = Setup(model(args.model), gpu(args.gpu), gpus=args.gpus, max_tp=min(8, args.gpus), stretch=args.stretch)
     slo, trace = parse_slo(args.slo), load_trace(args.trace)
     pols = policies(setup)
