@@ -29,13 +29,16 @@ class Backend(Protocol):
         each device d; `nbytes` moved in all (what a simulated device needs to price it)."""
     def wait(self, until: float | None) -> list[tuple[object, object]]: ...
     def wake(self) -> None: ...
+    def check_alive(self) -> None:
+        """Raise WorkerError if a device is gone."""
 
 
 class WorkerBackend:
     """Worker processes, one per device. Steps return rank 0's answer; phases return {device: answer}."""
 
-    def __init__(self, workers: list[WorkerHandle], max_tp: int, block_tokens: int, record_logits: bool = False):
-        self.workers, self.max_tp, self.block_tokens = workers, max_tp, block_tokens
+    def __init__(self, workers: list[WorkerHandle], max_tp: int, block_tokens: int, record_logits: bool = False,
+                 eos_ids: set[int] = frozenset()):
+        self.workers, self.max_tp, self.block_tokens, self.eos_ids = workers, max_tp, block_tokens, eos_ids
         self.record_logits = record_logits
         self.owed: dict[int, deque] = {d: deque() for d in range(len(workers))}
         self.launches: dict[object, tuple[str, list[int], dict]] = {}
@@ -54,7 +57,7 @@ class WorkerBackend:
         m = units_per_block(self.max_tp, instance.tp)
         for r, dev in enumerate(instance.devices):
             self.workers[dev].send(Step(build_step(batch.seqs, batch.num_tokens, r, m, self.block_tokens,
-                                                   want_logits=self.record_logits and r == 0)))
+                                                   want_logits=self.record_logits and r == 0, eos_ids=self.eos_ids)))
         self._owe(key, "step", instance.devices)
 
     def launch_phase(self, key, devices, messages, nbytes=0):

@@ -104,7 +104,7 @@ class Cluster:
             raise
         finally:
             shm_allreduce.remove_segments(prefix, groups)  # the workers keep their mappings
-        return WorkerBackend(self.workers, cfg.max_tp, cfg.block_tokens, self.record_logits)
+        return WorkerBackend(self.workers, cfg.max_tp, cfg.block_tokens, self.record_logits, self.eos_ids)
 
     def _restart(self, sizes: list[int]) -> WorkerBackend:
         """After a failure: every worker stops and starts again, laid out as `sizes` (process groups

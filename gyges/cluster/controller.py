@@ -22,7 +22,7 @@ from gyges.memory.layout import DeviceLayout, units_per_block
 from gyges.policy import snapshot as ps
 from gyges.transform.coordinator import TransformReport, Transition
 from gyges.transform.plan import TransformError, kv_page_order
-from gyges.worker.handle import WorkerError
+from gyges.worker.errors import WorkerError
 
 log = logging.getLogger("gyges")
 
@@ -100,6 +100,9 @@ class ControllerConfig:
     host_devices: int = 8
     precopy: bool = True     # transformations the policy starts pre-copy while decoding
     record_logits: bool = False
+    # simulator only: (scheduler, batch) -> how many identical decode steps the batch may run as one
+    # launch (gyges.sim.stretch.decode_stretch); None: one step per launch
+    stretch: Callable | None = None
 
 
 class Controller:
@@ -219,6 +222,7 @@ class Controller:
         transition's next chunk or switch first), waiting for all of them."""
         try:
             self._drain()
+            self.backend.check_alive()
             self._drive_transition(sync=True)
             self._launch_idle()
             while self._busy:
@@ -247,7 +251,22 @@ class Controller:
                 self._outgrown(seq)
             if batch:
                 inst.stepping = True
-                self.backend.launch_step(StepKey(inst, batch), inst, batch)
+                steps = self._stretch(inst, batch)
+                if steps > 1:
+                    self.backend.launch_step(StepKey(inst, batch), inst, batch, steps)
+                else:
+                    self.backend.launch_step(StepKey(inst, batch), inst, batch)
+
+    # stretch (simulator): k decode steps of an unchanged batch as one launch; anything that would
+    # change the batch sooner cuts it at the next step boundary, where stepping would look again
+    def _stretch(self, inst: Instance, batch: ScheduledBatch) -> int:
+        if self.cfg.stretch is None or self.held or self._in_transition(inst):
+            return 1
+        return self.cfg.stretch(inst.scheduler, batch)
+
+    def _cut(self, inst: Instance):
+        if self.cfg.stretch is not None and inst.stepping:
+            self.backend.cut(inst)
 
     def _paused(self, inst: Instance) -> bool:
         p = self.pending
@@ -266,9 +285,10 @@ class Controller:
         inst.stepping = False
         tokens, logits, *rest = answer
         logprobs = rest[0] if rest else None
+        steps = rest[1] if len(rest) > 1 else 1  # a stretch: every entry is a decode, each ran `steps` times
         finished, k = False, 0
         for seq, n in zip(batch.seqs, batch.num_tokens):
-            seq.num_computed += n
+            seq.num_computed += n + steps - 1
             if seq.num_computed < seq.num_tokens:
                 continue
             tok, lp = tokens[k], (logprobs[k] if logprobs is not None else None)
@@ -281,11 +301,11 @@ class Controller:
                 self._end(inst, seq, "error" if seq.error else "abort")
                 finished = True
                 continue
-            seq.output_ids.append(tok)
-            self.generation_tokens += 1
-            if len(seq.output_ids) == 1:
+            seq.output_ids += [tok] * steps
+            self.generation_tokens += steps
+            if len(seq.output_ids) == steps:
                 self.prompt_tokens += len(seq.prompt_ids)
-            self.on_output(seq, [tok], None if lp is None else [lp])
+            self.on_output(seq, [tok] * steps, None if lp is None else [lp])
             reason = self._stop_reason(seq, tok)
             if reason:
                 self._end(inst, seq, reason)
@@ -340,6 +360,7 @@ class Controller:
                 if seq.id == seq_id:
                     if inst.stepping or self._in_transition(inst):
                         seq.aborted = True  # its pages may be in use until the step or switch is over
+                        self._cut(inst)
                     else:
                         self._end(inst, seq, "abort")
                     return
@@ -388,12 +409,17 @@ class Controller:
     def _decide(self, event):
         for action in self.policy.decide(self.snapshot(), event):
             self._act(action)
+        if self.held:  # the policy looks again after every step while it holds requests
+            for inst in self.instances:
+                self._cut(inst)
 
     def _act(self, a):
         if isinstance(a, ps.Route):
             seq = self._take_held(a.request)
             if seq is not None:
-                self.instance_of(a.instance).scheduler.add(seq)
+                inst = self.instance_of(a.instance)
+                inst.scheduler.add(seq)
+                self._cut(inst)
         elif isinstance(a, ps.Reject):
             seq = self._take_held(a.request)
             if seq is not None:
@@ -435,6 +461,8 @@ class Controller:
             if parts < 2 or old[0].tp % parts:
                 raise TransformError(f"cannot split a TP{old[0].tp} instance into {parts} parts")
         tr = Transition(self.layout, self.cfg.block_tokens, self.make_instance, kind, old, parts, precopy)
+        for inst in old:
+            self._cut(inst)
         self.pending = Pending(tr, reason, time.time(), self.backend.now())
         return self.pending
 

@@ -148,8 +148,8 @@ class Engine:
         queued = sum(len(i.scheduler.waiting) for i in self.controller.instances) + len(self.controller.held)
         if queued >= self.serve.max_queued_requests:
             raise QueueFull(f"{queued} requests are queued (--max-queued-requests {self.serve.max_queued_requests})")
-        if not given:
-            params.max_tokens = self.max_model_len - n
+        if not given:  # as long as the context and the largest instance allow
+            params.max_tokens = min(self.max_model_len, limit) - n
         seq = Sequence(list(prompt_ids), params)
         if not given:
             seq.need_tokens = n + min(self.serve.output_estimate, params.max_tokens)
