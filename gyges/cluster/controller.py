@@ -60,6 +60,7 @@ class TransformRecord:
     precopy_bytes: int = 0
     kv_bytes: int = 0
     weight_bytes: int = 0
+    started_at: float = 0.0  # on the controller's clock (monotonic, or the simulator's virtual time)
 
 
 @dataclass
@@ -510,7 +511,7 @@ class Controller:
         self.reports.append(report)
         self.history.append(TransformRecord(tr.kind, report.before, report.after, p.reason, p.started_wall,
                                             now - p.started, now - p.phase_t0, report.precopy_bytes,
-                                            report.kv_bytes, report.weight_bytes))
+                                            report.kv_bytes, report.weight_bytes, p.started))
         log.info("%s %s -> %s in %.1f ms (stall %.1f ms): %s", tr.kind, report.before, report.after,
                  1e3 * (now - p.started), 1e3 * (now - p.phase_t0), p.reason)
         p.future.set_result(report)
@@ -570,7 +571,8 @@ class Controller:
                                                           "devices": self.pending.transition.devices,
                                                           "reason": self.pending.reason},
             "transformations": [{"kind": r.kind, "from": r.before, "to": r.after, "reason": r.reason,
-                                 "started": r.started, "duration_s": r.duration_s, "stall_s": r.stall_s}
+                                 "started": r.started, "started_at": r.started_at, "duration_s": r.duration_s,
+                                 "stall_s": r.stall_s}
                                 for r in self.history],
             "failures": [reason for _, reason in self.failures],
         }

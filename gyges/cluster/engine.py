@@ -48,6 +48,7 @@ class ServeConfig:
     max_queued_requests: int = 1024     # waiting or held requests before 503
     max_model_len: int | None = None    # default: the model's context
     host_devices: int = 8
+    min_dwell_s: float = 10.0           # a merged instance serves at least this long before it may split
 
     def __post_init__(self):
         if self.policy not in ("gyges", "static"):
@@ -75,7 +76,8 @@ def make_policy(serve: ServeConfig, cluster: Cluster):
     from gyges.policy.profiles import cpu_profile
     cost = CostModel(ModelProfile.from_config(cluster.model_config, cluster.cfg.max_tp, cluster.layout.unit.dtype_bytes),
                      cpu_profile())
-    return GygesPolicy(cost, PolicyConfig(output_estimate=serve.output_estimate))
+    return GygesPolicy(cost, PolicyConfig(output_estimate=serve.output_estimate, max_num_seqs=cluster.cfg.max_num_seqs,
+                                          min_dwell_s=serve.min_dwell_s))
 
 
 class Engine:
