@@ -24,7 +24,8 @@ test-all: $(STAMP)
 generate: $(STAMP)
 	$(BIN)/gyges generate --prompt "What is the capital of France?" --max-tokens 32
 
-serve: generate
+serve: $(STAMP)
+	$(BIN)/gyges serve --devices 2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_throughput.py --quick
