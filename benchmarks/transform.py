@@ -9,10 +9,16 @@ moves use on this host, gyges/transform/peer_reads.py), the same units moved in 
 (gather, move, scatter), and a restart (reload weights from disk at the new degree, recompute
 every running request's prefill).
 
+Every move, limit and baseline is a wall span: first start to last finish over the devices, on
+the host's one monotonic clock. The stall is reported over the step just before and as overhead
+over the new configuration's own step; medians with p10 and p90 over `--cycles` cycles.
+
     python benchmarks/transform.py --quick
+    python benchmarks/transform.py --kv-tokens 300 --cycles 2 --models smollm2-135m --no-restart --out /tmp/smoke.json  # smoke
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -30,10 +36,11 @@ from gyges.cluster.cluster import Cluster  # noqa: E402
 from gyges.cluster.config import ClusterConfig  # noqa: E402
 from gyges.engine.sequence import SamplingParams  # noqa: E402
 from gyges.model.loader import default_model_path  # noqa: E402
+from gyges.worker.worker import WORKER_CLASS_ENV  # noqa: E402
 
 WORK = Path("/tmp/gyges-bench")
-CYCLES = 9  # merge/split cycles per model, each moving KV as a synchronous transformation
-PRECOPY_CYCLES = 3  # then merge/split cycles with pre-copy, for the stall
+CYCLES = 9  # merge/split cycles per model, synchronous, then as many with pre-copy (medians, p10, p90)
+MODELS = ("smollm2-135m", "llama-250m-random")
 
 
 def large_llama() -> Path:
@@ -63,33 +70,55 @@ class Recorder:
     def step(self, n: int = 1):
         for _ in range(n):
             t = time.perf_counter()
-            for seq, tok in self.cluster.step():
-                if tok is not None:
-                    self.times.setdefault(seq.id, []).append(time.perf_counter())
-            self.step_s.append(time.perf_counter() - t)
+            self.cluster.step()
+            now = time.perf_counter()
+            self.step_s.append(now - t)
+            for inst in self.cluster.instances:
+                for seq in inst.scheduler.requests:
+                    got = self.times.setdefault(seq.id, [])
+                    got += [now] * (len(seq.output_ids) - len(got))
 
     def stall(self, t0: float, t1: float) -> float:
         """Longest gap between two consecutive tokens of a request, over gaps that overlap [t0, t1]."""
         return max(b - a for ts in self.times.values() for a, b in zip(ts, ts[1:]) if b >= t0 and a <= t1)
 
 
-def on_workers(cluster, fn, *args) -> list:
+def span(stamps) -> float:
+    """Wall time of work done by several processes: first start to last finish, on the host's
+    one monotonic clock (`time.monotonic` is CLOCK_MONOTONIC, shared by every process)."""
+    return max(end for _, end in stamps) - min(start for start, _ in stamps)
+
+
+def on_workers(cluster, msg) -> list:
     for w in cluster.workers:
-        w.send("invoke", fn, *args)
+        w.send(msg)
     return [w.recv() for w in cluster.workers]
 
 
 def limits(cluster, moves, cold: bool = True) -> dict[str, float | None]:
     """One sample of each transport moving the same bytes between the same pairs, one contiguous
-    buffer per pair (slowest device); peer reads None where the workers cannot read each other."""
-    out = {"send_recv_s": max(on_workers(cluster, transfer.send_recv_limit, moves, cold)),
-           "all_to_all_s": max(on_workers(cluster, transfer.all_to_all_limit, moves, [0, 1, 2, 3], cold))}
-    reads = on_workers(cluster, transfer.peer_read_limit, moves, cold)
-    return {**out, "peer_read_s": None if None in reads else max(reads)}
+    buffer per pair, as a wall span over the devices; peer reads None where the workers cannot
+    read each other."""
+    out = {"send_recv_s": span(on_workers(cluster, transfer.SendRecvLimit(moves, cold))),
+           "all_to_all_s": span(on_workers(cluster, transfer.AllToAllLimit(moves, [0, 1, 2, 3], cold)))}
+    reads = on_workers(cluster, transfer.PeerReadLimit(moves, cold))
+    return {**out, "peer_read_s": None if None in reads else span(reads)}
 
 
 def best(times: dict[str, float | None]) -> float:
     return min(t for t in times.values() if t is not None)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, 10th and 90th percentiles."""
+    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values * 9
+    return {"median": statistics.median(values), "p10": q[0], "p90": q[8]}
+
+
+def stalls(stall: float, step_before: float, new_step: float) -> dict[str, float]:
+    """The stall over the step just before, and as overhead over the new configuration's own step."""
+    return {"stall_over_step_before": stall / step_before,
+            "stall_overhead_over_new_step": (stall - new_step) / new_step}
 
 
 def transform(cluster, kind: str, precopy: bool):
@@ -110,46 +139,51 @@ def measure_precopy(cluster, rec: Recorder, kind: str) -> dict:
     rec.step(4)
     after = statistics.median(rec.step_s[-3:])
     stall = rec.stall(t0, t0 + report.total_s)
+    stats = report.worker_stats.values()
     return {"post_decode_step_s": after, "stall_over_slower_step": stall / max(decode_step, after),
             "total_s": report.total_s, "precopy_s": report.precopy_s, "precopy_bytes": report.precopy_bytes,
             "steps_during": steps, "switch_kv_units": report.kv_units_moved, "switch_weight_bytes": report.weight_bytes,
-            "switch_s": max(s["kv_s"] + s["weight_s"] for s in report.worker_stats.values()),
+            "switch_s": span([(s["kv_start"], s["weight_end"]) for s in stats]),
             "stall_s": stall, "decode_step_s": decode_step, "stall_over_decode_step": stall / decode_step,
-            "post_step_s": rec.step_s[-4]}
+            **stalls(stall, decode_step, after), "post_step_s": rec.step_s[-4]}
 
 
 def measure(cluster, rec: Recorder, kind: str, restart: bool = True) -> dict:
-    """A synchronous transformation: its moves against the limits (one sample each) and the baselines."""
+    """A synchronous transformation: its moves against the limits (one sample each) and the
+    baselines, every one timed as a wall span over the devices (first start to last finish)."""
     rec.step(2)
     decode_step = rec.step_s[-1]
     t0 = time.perf_counter()
     report = transform(cluster, kind, precopy=False)
-    rec.step(1)
-    post_step = rec.step_s[-1]
+    rec.step(4)
+    post_step, new_step = rec.step_s[-4], statistics.median(rec.step_s[-3:])
     stall = rec.stall(t0, t0 + report.total_s)
-    rec.step(3)
     moves = list(enumerate(report.plan.kv_moves))
     page = cluster.layout.page_bytes
     cross = sum(mv.count for _, mv in moves if mv.src != mv.dst) * page
-    kv_move_s = max(s["kv_s"] for s in report.worker_stats.values())
+    stats = report.worker_stats.values()
+    kv_move_s = max(s["kv_s"] for s in stats)  # the slowest device alone, as before: not the wall time
+    kv_span = span([(s["kv_start"], s["kv_end"]) for s in stats])
     # one sample of each limit per transformation, like the move itself: a best-of-n limit against
     # single moves would compare this noisy machine's best moments with its typical ones
     cold = limits(cluster, moves)
     warm_s = best(limits(cluster, moves, cold=False))
-    memcpy_s = min(transfer.memcpy_limit(None, max(cross // 4, 1 << 20)) for _ in range(3))
-    token_major_s = statistics.median([max(on_workers(cluster, transfer.token_major_move, moves)) for _ in range(3)])
+    memcpy_s = min(transfer.memcpy_limit(max(cross // 4, 1 << 20)) for _ in range(3))
+    token_major_s = statistics.median([span(on_workers(cluster, transfer.TokenMajorMove(moves))) for _ in range(3)])
     limit_s = best(cold)
     out = {
         "total_s": report.total_s, "stall_s": stall, "decode_step_s": decode_step, "post_step_s": post_step,
+        "new_step_s": new_step, **stalls(stall, decode_step, new_step),
         "kv_units_moved": report.kv_units_moved, "kv_messages": len(moves), "kv_bytes": report.kv_bytes,
-        "kv_cross_device_bytes": cross, "kv_move_s": kv_move_s, "kv_gbps": cross / kv_move_s / 1e9,
+        "kv_cross_device_bytes": cross, "kv_move_s": kv_move_s, "kv_move_span_s": kv_span,
+        "kv_gbps": cross / kv_span / 1e9,
         "transport": "peer reads" if all(w["peer_reads"] for w in cluster.worker_info) else "gloo send/recv",
-        **cold, "limit_s": limit_s, "limit_gbps": cross / limit_s / 1e9,
-        "memcpy_gbps": max(cross // 4, 1 << 20) / memcpy_s / 1e9, "fraction_of_limit": limit_s / kv_move_s,
-        "warm_limit_s": warm_s, "fraction_of_warm_limit": warm_s / kv_move_s,
-        "token_major_kv_move_s": token_major_s, "token_major_over_header_centric": token_major_s / kv_move_s,
+        **cold, "limit_s": limit_s, "limit_span_s": limit_s, "limit_gbps": cross / limit_s / 1e9,
+        "memcpy_gbps": max(cross // 4, 1 << 20) / memcpy_s / 1e9, "fraction_of_limit": limit_s / kv_span,
+        "warm_limit_s": warm_s, "fraction_of_warm_limit": warm_s / kv_span,
+        "token_major_kv_move_s": token_major_s, "token_major_over_header_centric": token_major_s / kv_span,
         "weight_bytes_moved": report.weight_bytes,
-        "peak_extra_bytes": max(s["peak_extra_bytes"] or 0 for s in report.worker_stats.values()),
+        "peak_extra_bytes": max(s["peak_extra_bytes"] or 0 for s in stats),
         "instances_after": [i.devices for i in cluster.instances],
     }
     if restart:
@@ -162,8 +196,8 @@ def restart_baseline(cluster, rec: Recorder) -> dict:
     """Drain and restart at the current degree: reload every shard from disk, recompute all prefill."""
     ranks = {d: (inst.tp, inst.devices.index(d)) for inst in cluster.instances for d in inst.devices}
     for d, w in enumerate(cluster.workers):
-        w.send("invoke", transfer.reload_from_disk, *ranks[d])
-    reload_s = max(w.recv() for w in cluster.workers)
+        w.send(transfer.ReloadFromDisk(*ranks[d]))
+    reload_s = span([w.recv() for w in cluster.workers])
     running = [s for inst in cluster.instances for s in inst.scheduler.running]
     done_before = {s.id: len(s.output_ids) for s in running}
     for inst in cluster.instances:
@@ -175,7 +209,11 @@ def restart_baseline(cluster, rec: Recorder) -> dict:
     return {"restart_s": reload_s + recompute_s, "restart_reload_s": reload_s, "restart_recompute_s": recompute_s}
 
 
-def run_model(name: str, model: Path | None, memory: str, prompt_lens: list[int]) -> dict:
+SPREAD = ("kv_move_span_s", "limit_span_s", "fraction_of_limit", "stall_over_step_before", "stall_overhead_over_new_step")
+
+
+def run_model(name: str, model: Path | None, memory: str, prompt_lens: list[int], cycles: int,
+              restart: bool = True) -> dict:
     cfg = ClusterConfig(model=str(model) if model else None, devices=4, tp=1, max_tp=4, dtype="bfloat16",
                         device_memory=memory, max_batched_tokens=512)
     t = time.perf_counter()
@@ -192,51 +230,60 @@ def run_model(name: str, model: Path | None, memory: str, prompt_lens: list[int]
         rec.step(3)
         kv_tokens = sum(s.num_tokens for i in cluster.instances for s in i.scheduler.running)
         out = {"load_s": load_s, "kv_tokens_in_flight": kv_tokens, "page_bytes": cluster.layout.page_bytes,
-               "padding": vars(cluster.layout.padding)}
-        out["merge"] = measure(cluster, rec, "merge")
-        out["split"] = measure(cluster, rec, "split")
-        for _ in range(CYCLES - 1):  # repeat the cycle: transfer timings on this shared machine are noisy
+               "padding": vars(cluster.layout.padding), "cycles": cycles}
+        out["merge"] = measure(cluster, rec, "merge", restart)
+        out["split"] = measure(cluster, rec, "split", restart)
+        for _ in range(cycles - 1):  # repeat the cycle: transfer timings on this shared machine are noisy
             for kind in ("merge", "split"):
                 rep = measure(cluster, rec, kind, restart=False)
-                keep = ("kv_move_s", "limit_s", "fraction_of_limit", "send_recv_s", "all_to_all_s", "peer_read_s",
-                        "warm_limit_s", "fraction_of_warm_limit")
+                keep = ("kv_move_s", "kv_move_span_s", "limit_s", "limit_span_s", "fraction_of_limit", "send_recv_s",
+                        "all_to_all_s", "peer_read_s", "warm_limit_s", "fraction_of_warm_limit",
+                        "stall_over_step_before", "stall_overhead_over_new_step")
                 out[kind].setdefault("reps", []).append({k: rep[k] for k in keep})
         for kind in ("merge", "split"):
-            cycles = [out[kind]] + out[kind]["reps"]
-            out[kind]["fraction_of_limit_median"] = statistics.median(c["fraction_of_limit"] for c in cycles)
-            out[kind]["kv_move_s_median"] = statistics.median(c["kv_move_s"] for c in cycles)
-            out[kind]["limit_s_median"] = statistics.median(c["limit_s"] for c in cycles)
-            out[kind]["fraction_of_warm_limit_median"] = statistics.median(c["fraction_of_warm_limit"] for c in cycles)
+            runs = [out[kind]] + out[kind].get("reps", [])
+            for key in SPREAD:
+                for stat, v in spread([c[key] for c in runs]).items():
+                    out[kind][f"{key}_{stat}"] = v
+            out[kind]["kv_move_s_median"] = statistics.median(c["kv_move_s"] for c in runs)
+            out[kind]["limit_s_median"] = out[kind]["limit_span_s_median"]
+            out[kind]["fraction_of_warm_limit_median"] = statistics.median(c["fraction_of_warm_limit"] for c in runs)
         samples = {"merge": [], "split": []}
-        for _ in range(PRECOPY_CYCLES):
+        for _ in range(cycles):
             for kind in ("merge", "split"):
                 samples[kind].append(measure_precopy(cluster, rec, kind))
-        for kind, cycles in samples.items():
-            out[kind]["precopy"] = {**{k: statistics.median(c[k] for c in cycles) for k in cycles[0]}, "cycles": cycles}
-        while cluster.has_work:
-            rec.step(1)
+        for kind, runs in samples.items():
+            pre = {k: statistics.median(c[k] for c in runs) for k in runs[0]}
+            for key in ("stall_over_step_before", "stall_overhead_over_new_step"):
+                pre.update({f"{key}_{stat}": v for stat, v in spread([c[key] for c in runs]).items()})
+            out[kind]["precopy"] = {**pre, "cycles": runs}
     print(f"{name}: done", flush=True)
     return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the default run: 6,000 KV tokens per model, under 4 minutes")
+    ap.add_argument("--quick", action="store_true", help="the default run: 6,000 KV tokens per model, 9 cycles")
     ap.add_argument("--kv-tokens", type=int, default=6000, help="prompt tokens in flight, over six requests (30%% of them down to 7%%)")
+    ap.add_argument("--cycles", type=int, default=CYCLES, help="merge/split cycles, synchronous and with pre-copy")
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    ap.add_argument("--no-restart", action="store_true", help="skip the drain-and-restart baseline (smoke runs)")
     ap.add_argument("--out", default=str(ROOT / "results" / "transform.json"))
     args = ap.parse_args()
+    os.environ[WORKER_CLASS_ENV] = "gyges.bench.transfer:BenchWorker"  # the limits and baselines run as its commands
     t0 = time.perf_counter()
     lens = [args.kv_tokens * w // 60 for w in (18, 14, 10, 8, 6, 4)]
-    results = {"smollm2-135m": run_model("smollm2-135m", None, "512MiB", lens),
-               "llama-250m-random": run_model("llama-250m-random", large_llama(), "768MiB", lens)}
+    memory = {"smollm2-135m": "512MiB", "llama-250m-random": "768MiB"}
+    results = {name: run_model(name, large_llama() if name == "llama-250m-random" else None, memory[name], lens,
+                               args.cycles, not args.no_restart) for name in args.models}
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kv_tokens": args.kv_tokens,
               "machine": platform.processor() or platform.machine(), "devices": 4, "dtype": "bfloat16",
               "wall_s": time.perf_counter() - t0, "models": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    cols = ["total_s", "stall_s", "decode_step_s", "post_step_s", "kv_move_s", "kv_gbps", "limit_gbps",
-            "fraction_of_limit_median", "fraction_of_warm_limit_median", "token_major_over_header_centric",
-            "restart_over_total", "peak_extra_bytes"]
+    cols = ["total_s", "stall_s", "decode_step_s", "new_step_s", "kv_move_span_s", "limit_span_s",
+            "fraction_of_limit_median", "stall_over_step_before_median", "stall_overhead_over_new_step_median",
+            "token_major_over_header_centric", "peak_extra_bytes"] + ([] if args.no_restart else ["restart_over_total"])
     print(f"\n{'model':>18} {'dir':>5} " + " ".join(f"{c[:12]:>12}" for c in cols))
     for name, r in results.items():
         for kind in ("merge", "split"):
@@ -244,8 +291,8 @@ def main():
             print(f"{name:>18} {kind:>5} " + " ".join(
                 f"{m[c]:12.4g}" if isinstance(m[c], float) else f"{str(m[c]):>12}" for c in cols))
     pcols = ["total_s", "precopy_s", "switch_s", "stall_s", "decode_step_s", "post_decode_step_s",
-             "stall_over_decode_step", "stall_over_slower_step"]
-    print(f"\nwith pre-copy (medians of {PRECOPY_CYCLES} cycles)\n{'model':>18} {'dir':>5} " + " ".join(f"{c[:12]:>12}" for c in pcols))
+             "stall_over_step_before_median", "stall_overhead_over_new_step_median"]
+    print(f"\nwith pre-copy (medians of {args.cycles} cycles)\n{'model':>18} {'dir':>5} " + " ".join(f"{c[:12]:>12}" for c in pcols))
     for name, r in results.items():
         for kind in ("merge", "split"):
             m = r[kind]["precopy"]
