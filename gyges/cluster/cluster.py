@@ -3,7 +3,6 @@ scripts, tests and benchmarks (`generate`, lockstep `step`, manual `merge`/`spli
 runs the same controller in a thread of its own (gyges/cluster/engine.py)."""
 import json
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from gyges.model.loader import load_config, load_tokenizer, resolve_model
 from gyges.policy.policy import StaticPolicy
 from gyges.transform.coordinator import TransformReport, Transition
 from gyges.transform.plan import TransformError
-from gyges.worker.handle import WorkerError, WorkerHandle, recv_all, spawn_context
+from gyges.worker.handle import WorkerError, WorkerHandle, log_fallbacks, recv_all, spawn_context
 from gyges.worker.worker import DTYPES, WorkerSpec, aligned_groups
 
 LOAD_TIMEOUT_S = 600
@@ -77,6 +76,7 @@ class Cluster:
         self.workers: list[WorkerHandle] = []
         self._sink, self._on_token = on_output, None
         backend = self._start_workers(cfg.sizes)
+        log_fallbacks(self.worker_info)
         ccfg = ControllerConfig(cfg.max_tp, cfg.block_tokens, cfg.max_num_seqs, cfg.max_batched_tokens,
                                 record_logits=record_logits)
         self.controller = Controller(backend, self.layout, ccfg, policy or StaticPolicy(), self.eos_ids, cfg.sizes,
@@ -87,7 +87,7 @@ class Cluster:
         cfg = self.cfg
         port = _free_port()
         groups = aligned_groups(cfg.devices, cfg.max_tp)
-        prefix = f"gyges-{os.getpid()}-{port}"
+        prefix = shm_allreduce.segment_prefix()
         # an all-reduce carries at most [max_batched_tokens or max_num_seqs, hidden] of fp32
         slot_bytes = pad_to(max(cfg.max_batched_tokens, cfg.max_num_seqs) * self.model_config.hidden_size * 4,
                             ALIGN_ELEMS)
