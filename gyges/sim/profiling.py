@@ -70,8 +70,8 @@ def sweep(points=SWEEP, device_memory: str = "512MiB") -> tuple[list[Measured], 
 
 
 def fit_command(args) -> int:
-    t0 = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    t0, src = time.perf_counter(), {}
+    machine = {"cpu": _cpu_model(), "cores": os.cpu_count(), "loadavg_1m_before": os.getloadavg()[0]}
     if args.fit_from:
         src = json.loads(Path(args.fit_from).read_text())
         measured = [sample_of(d) for d in src["samples"]]
@@ -79,23 +79,23 @@ def fit_command(args) -> int:
         merge_s = src["profile"]["switch_overhead_s"]
     else:
         measured, model, merge_s = sweep()
+        machine["loadavg_1m_after"] = os.getloadavg()[0]  # other work on the machine slows steps down
     hold = held_back([m.run for m in measured])
     base = replace(CPU_NOMINAL, name=f"cpu: {_cpu_model()} (fitted)", switch_overhead_s=merge_s)
     hw = fit_profile(measured, model, base, hold)
     cost = CostModel(model, hw)
     report = {
         "profile": profile_dict(hw),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "loadavg_1m_before": load_before,
-                    "loadavg_1m_after": os.getloadavg()[0]},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "engine": {"model": "embedded SmolLM2-135M-Instruct", "dtype": "bfloat16", "devices": DEVICES,
-                   "source": args.fit_from or "gyges simulate --fit sweep"},
+        # where and when the samples were measured (a refit keeps its source's)
+        "machine": src.get("machine", machine),
+        "date": src.get("date", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+        "sweep_s": src.get("sweep_s", time.perf_counter() - t0),
+        "engine": {"model": "embedded SmolLM2-135M-Instruct", "dtype": "bfloat16", "devices": DEVICES},
         "model_profile": asdict(model),
         "held_back_runs": sorted(hold),
         "error_held_back": errors(cost, [m for m in measured if m.run in hold]),
         "error_fitted": errors(cost, [m for m in measured if m.run not in hold]),
         "samples": [sample_dict(m) for m in measured],
-        "sweep_s": time.perf_counter() - t0,
     }
     out = Path(args.fit_out or CPU_PROFILE_PATH)
     out.write_text(json.dumps(report, indent=1) + "\n")
