@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from gyges.engine.scheduler import ScheduledBatch
 from gyges.policy.cost_model import CostModel, StepLoad
+from gyges.worker.commands import Transform
 
 TOKEN = 0  # the id every simulated step returns: requests run to max_tokens (ignore_eos)
 
@@ -128,11 +129,12 @@ class SimBackend:
         f.steps, f.version = j, f.version + 1
         self._push(f.end, f.devices, f)
 
-    def launch_phase(self, key, devices: list[int], cmd: str, args_by_device: dict, nbytes: int = 0) -> None:
-        """A transformation phase: a pre-copy chunk moves its bytes while others decode; a switch
-        also pays the switch overhead (barriers, new block tables)."""
-        tc = self.cost.transform_cost(nbytes, nbytes if cmd == "transform" else 0, len(devices))
-        seconds = tc.time_s if cmd == "transform" else tc.time_s - self.cost.hw.switch_overhead_s
+    def launch_phase(self, key, devices: list[int], messages: dict, nbytes: int = 0) -> None:
+        """A transformation phase: a pre-copy chunk (CopyPages) moves its bytes while others decode;
+        a switch (Transform) also pays the switch overhead (barriers, new block tables)."""
+        switch = any(isinstance(m, Transform) for m in messages.values())
+        tc = self.cost.transform_cost(nbytes, nbytes if switch else 0, len(devices))
+        seconds = tc.time_s if switch else tc.time_s - self.cost.hw.switch_overhead_s
         end = self._start(devices) + seconds
         self._push(end, list(devices), (key, {d: {} for d in devices}))
 
