@@ -4,7 +4,7 @@ import multiprocessing as mp
 from multiprocessing import connection as mp_connection
 
 from gyges.worker.commands import Command, Shutdown
-from gyges.worker.errors import WorkerError  # noqa: F401 (re-exported: callers import it from here)
+from gyges.worker.errors import WorkerError
 from gyges.worker.worker import WorkerSpec, worker_main
 
 log = logging.getLogger("gyges")
