@@ -10,6 +10,7 @@ simulator's devices: only the backend differs.
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -128,6 +129,8 @@ class Controller:
         self._lock = threading.Lock()
         self._next_tick = backend.now() + TICK_S
         self.prompt_tokens = self.generation_tokens = 0
+        # the snapshot's request views of each instance, dropped whenever its requests change
+        self._views: weakref.WeakKeyDictionary[Instance, tuple] = weakref.WeakKeyDictionary()
 
     # instances
 
@@ -248,6 +251,8 @@ class Controller:
             if inst.stepping or self._paused(inst):
                 continue
             batch = inst.scheduler.schedule()
+            if batch or batch.failed or batch.preempted:
+                self._views.pop(inst, None)
             for seq in batch.failed:
                 self._outgrown(seq)
             if batch:
@@ -284,6 +289,7 @@ class Controller:
 
     def _apply(self, inst: Instance, batch: ScheduledBatch, answer):
         inst.stepping = False
+        self._views.pop(inst, None)
         tokens, logits, *rest = answer
         logprobs = rest[0] if rest else None
         steps = rest[1] if len(rest) > 1 else 1  # a stretch: every entry is a decode, each ran `steps` times
@@ -332,6 +338,7 @@ class Controller:
             seq.error = error
         if inst is not None:
             inst.scheduler.finish(seq, reason)
+            self._views.pop(inst, None)
         else:
             seq.status, seq.finish_reason = Status.FINISHED, reason
         self.on_output(seq, [], None)
@@ -386,12 +393,18 @@ class Controller:
     def _view(self, seq: Sequence) -> ps.RequestView:
         return ps.RequestView(seq.id, len(seq.prompt_ids), seq.kv_need, seq.num_computed, seq.arrival)
 
+    def _request_views(self, inst: Instance) -> tuple:
+        views = self._views.get(inst)
+        if views is None:
+            views = self._views[inst] = (tuple(self._view(s) for s in inst.scheduler.running),
+                                         tuple(self._view(s) for s in inst.scheduler.waiting))
+        return views
+
     def snapshot(self) -> ps.Snapshot:
         bt = self.cfg.block_tokens
         insts = tuple(ps.InstanceView(
             i.id, tuple(i.devices), i.scheduler.pool.total_blocks * bt, i.scheduler.pool.free_blocks * bt,
-            tuple(self._view(s) for s in i.scheduler.running), tuple(self._view(s) for s in i.scheduler.waiting),
-            i.formed_at, self._in_transition(i)) for i in self.instances)
+            *self._request_views(i), i.formed_at, self._in_transition(i)) for i in self.instances)
         pending = None
         if self.pending is not None:
             pending = ps.PendingTransform(self.pending.transition.kind, tuple(self.pending.transition.devices),
@@ -420,6 +433,7 @@ class Controller:
             if seq is not None:
                 inst = self.instance_of(a.instance)
                 inst.scheduler.add(seq)
+                self._views.pop(inst, None)
                 self._cut(inst)
         elif isinstance(a, ps.Reject):
             seq = self._take_held(a.request)

@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--rate", type=float, default=None, help="rescale arrivals to this many requests/s")
     p.add_argument("--compare", action="store_true", help="every policy, each at its highest rate within the SLO")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--plot", nargs="?", const="results", default=None,
+                   help="write TTFT CDFs, throughput over time and layout timelines to this folder (default results/)")
     p.add_argument("--no-stretch", dest="stretch", action="store_false", help="step every decode (slow, exact)")
     p.add_argument("--fit", action="store_true", help="fit the CPU profile to our engine's measured steps "
                    "(a profiling sweep of a few minutes, or --fit-from) and write it")
@@ -74,29 +76,34 @@ def main(args) -> int:
     if any(n not in pols for n in names):
         raise ValueError(f"unknown policy {args.policy!r}; choose from {', '.join(pols)}")
 
-    def run(name: str, rate: float | None) -> dict:
+    def run(name: str, rate: float | None) -> tuple[dict, SimResult]:
         reqs = trace if rate is None else scale_trace(trace, time_scale_for_rate(trace, rate)).requests
         pol, sizes = pols[name]
-        return summary(simulate(reqs, setup, pol, sizes, progress=True), setup, slo)
+        res = simulate(reqs, setup, pol, sizes, progress=True)
+        return summary(res, setup, slo), res
 
-    out = {}
+    out, shown = {}, {}  # shown: each policy's run at its reported rate, for --plot
     native = (len(trace) - 1) / (trace[-1].arrival_s - trace[0].arrival_s)
     for name in names:
         if args.compare:
             best = {}
 
             def attains(rate: float) -> bool:
-                s = run(name, rate)
+                s, res = run(name, rate)
                 if s["attainment"] >= ATTAINMENT and rate >= best.get("rate", 0.0):
                     best.update(s, rate=rate)
+                    shown[name] = res
                 return s["attainment"] >= ATTAINMENT
 
             rate = max_rate(attains, native)
             out[name] = {"max_rate_at_slo": rate, **{k: v for k, v in best.items() if k != "rate"}}
         else:
-            out[name] = run(name, args.rate)
+            out[name], shown[name] = run(name, args.rate)
         print(f"{name:<22} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in out[name].items()), flush=True)
+    if args.plot:
+        from gyges.sim.plots import write_plots
+        print("plots:", " ".join(str(f) for f in write_plots(shown, args.plot)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"policies": out, "slo": slo, "trace": args.trace, "gpus": args.gpus, "gpu": setup.hw.name,
