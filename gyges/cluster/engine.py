@@ -49,6 +49,7 @@ class ServeConfig:
     max_model_len: int | None = None    # default: the model's context
     host_devices: int = 8
     min_dwell_s: float = 10.0           # a merged instance serves at least this long before it may split
+    cost_profile: str | None = None     # the fitted hardware profile (JSON); default: gyges/data/cpu_profile.json
 
     def __post_init__(self):
         if self.policy not in ("gyges", "static"):
@@ -75,7 +76,7 @@ def make_policy(serve: ServeConfig, cluster: Cluster):
     from gyges.policy.cost_model import CostModel, ModelProfile
     from gyges.policy.profiles import cpu_profile
     cost = CostModel(ModelProfile.from_config(cluster.model_config, cluster.cfg.max_tp, cluster.layout.unit.dtype_bytes),
-                     cpu_profile())
+                     cpu_profile(serve.cost_profile))
     return GygesPolicy(cost, PolicyConfig(output_estimate=serve.output_estimate, max_num_seqs=cluster.cfg.max_num_seqs,
                                           min_dwell_s=serve.min_dwell_s))
 

@@ -36,6 +36,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="output tokens the policy plans KV for when a request sets no max_tokens")
     p.add_argument("--min-dwell", type=float, default=10.0,
                    help="seconds a merged instance serves before the policy may split it (against thrashing)")
+    p.add_argument("--cost-profile", default=None,
+                   help="hardware profile JSON the policy prices steps with (from `gyges simulate --fit`); "
+                        "default: the one fitted on the CPU and shipped in gyges/data")
     p.add_argument("--enable-operator-endpoints", action="store_true",
                    help="allow POST /v1/cluster/merge and /split without --api-key")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -52,7 +55,7 @@ def serve(args) -> int:
     cfg = dataclasses.replace(cluster_config(args), layout=args.static_layout)
     serve_cfg = ServeConfig(policy=args.policy, output_estimate=args.output_estimate,
                             max_queued_requests=args.max_queued_requests, max_model_len=args.max_model_len,
-                            min_dwell_s=args.min_dwell)
+                            min_dwell_s=args.min_dwell, cost_profile=args.cost_profile)
     template = Path(args.chat_template).read_text() if args.chat_template else None
     name = args.served_model_name or args.model or resolve_model(None).stem
     # Ctrl-C signals the whole process group: the workers and the engine thread inherit a block on

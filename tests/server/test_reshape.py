@@ -29,7 +29,8 @@ async def stream(client: httpx.AsyncClient, url: str, model: str, prompt: list[i
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("choices"):
-                times.append(time.monotonic())
+                if chunk["choices"][0]["text"]:
+                    times.append(time.monotonic())
                 finish = chunk["choices"][0].get("finish_reason") or finish
     return {"times": times, "finish": finish, "prompt": len(prompt)}
 
@@ -57,12 +58,27 @@ def wait_for_layout(url: str, devices: list[list[int]], timeout: float) -> dict:
     raise AssertionError(f"layout is {[i['devices'] for i in cluster(url)['instances']]}, expected {devices}")
 
 
+def round_profile(path) -> str:
+    """A CPU profile with round constants (per-step overhead, all-reduce latency, half-efficient
+    memory and link), so the policy's choices here do not depend on a fit made on a busy machine."""
+    from gyges.policy.cost_model import HardwareProfile
+    from gyges.policy.profiles import profile_dict
+    hw = HardwareProfile("round test CPU", mem_bandwidth=10e9, peak_flops=160e9, link_bandwidth=5e9,
+                         link_latency=20e-6, memory_bytes=1 << 20, mem_efficiency=0.5, flop_efficiency=0.3,
+                         link_efficiency=0.5, step_overhead_s=2e-3, switch_overhead_s=0.01)
+    path.write_text(json.dumps({"profile": profile_dict(hw)}))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def reshaping_server(tmp_path_factory):
-    """Two TP1 devices that hold 224 KV tokens each; a merged TP2 instance holds more than twice that."""
-    model = make_tiny_model(tmp_path_factory.mktemp("reshape") / "tiny", "llama")
-    server = start_server(model, "--devices", "2", "--device-memory", "0.95MiB", "--dtype", "float32",
-                          "--policy", "gyges", "--min-dwell", "1", "--served-model-name", "tiny",
+    """Two TP1 devices that hold 976 KV tokens each; a merged TP2 instance holds 2,688 (its freed weight
+    pages become KV), so a 1,000-token prompt needs the merge, and short requests do not fill a TP1.
+    The output estimate is small, as the requests are: with 1,024 no TP1 instance could hold one."""
+    tmp = tmp_path_factory.mktemp("reshape")
+    model = make_tiny_model(tmp / "tiny", "llama")
+    server = start_server(model, "--cost-profile", round_profile(tmp / "cpu.json"), "--devices", "2",
+                          "--device-memory", "1.5MiB", "--dtype", "float32", "--policy", "gyges", "--min-dwell", "1", "--served-model-name", "tiny", "--output-estimate", "32",
                           "--max-num-seqs", "16")
     yield server
     stop_server(server)
@@ -71,7 +87,7 @@ def reshaping_server(tmp_path_factory):
 def test_a_long_request_merges_everything_is_served_and_it_splits_back(reshaping_server):
     url = reshaping_server.url
     assert [i["tp"] for i in cluster(url)["instances"]] == [1, 1]
-    jobs = [(0.0, words(i, 10), 40) for i in range(4)] + [(0.3, words(9, 300), 20)]
+    jobs = [(0.0, words(i, 10), 40) for i in range(4)] + [(0.3, words(9, 1000), 20)]
     results = asyncio.run(send_all(url, "tiny", jobs))
     assert [len(r["times"]) for r in results] == [40] * 4 + [20]
     assert all(r["finish"] == "length" for r in results)
@@ -82,7 +98,8 @@ def test_a_long_request_merges_everything_is_served_and_it_splits_back(reshaping
     assert merge["from"] == [[0], [1]] and merge["to"] == [[0, 1]] and "KV tokens" in merge["reason"]
     assert merge["duration_s"] > 0 and 0 < merge["stall_s"] <= merge["duration_s"]
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
-    assert 'gyges:transformations_total{kind="merge"}' in metrics or "gyges:transformation" in metrics
+    assert 'gyges:transformation_duration_seconds_count{kind="merge",model_name="tiny"} 1.0' in metrics
+    assert 'gyges:transformation_stall_seconds_count{kind="split",model_name="tiny"} 1.0' in metrics
 
 
 def test_alternating_short_and_long_arrivals_do_not_thrash(reshaping_server):
@@ -90,7 +107,7 @@ def test_alternating_short_and_long_arrivals_do_not_thrash(reshaping_server):
     before = len(cluster(url)["transformations"])
     jobs = []
     for k in range(6):  # a long request every 0.7 s for about 4 s, short ones around them
-        jobs.append((0.7 * k, words(20 + k, 300), 12))
+        jobs.append((0.7 * k, words(20 + k, 1000), 12))
         jobs += [(0.7 * k + 0.35, words(40 + k * 3 + j, 8), 12) for j in range(3)]
     t0 = time.monotonic()
     results = asyncio.run(send_all(url, "tiny", jobs))
