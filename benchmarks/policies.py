@@ -1,0 +1,499 @@
+"""Gyges against every static layout on the real engine: `gyges serve` under each policy on the same
+devices and the same trace slice; for each, the highest request rate at which at least 90% of the
+requests meet a length-scaled SLO (`ttft:5x tpot:5x` of unloaded runs in this same benchmark).
+
+Scaling: lengths shrink by --length-scale, chosen so the slice's mean request is --mean-tokens
+long, and each device gets the memory for weights plus 46K x length-scale tokens of KV at TP1: the
+share of the trace one 80 GB H100 holds for Qwen2.5-32B. Then the requests that need a merge on
+the real deployment need one here. The ceiling, measured in the same run: throughput of plain
+k x TP1 (--max-tp 1) over one TP-k instance on the slice's requests that fit TP1; the bound it
+implies for Gyges is 1 / ((1 - w) / ceiling + w), w the share of work in requests that need a merge.
+
+    python benchmarks/policies.py --quick      # 2 devices, both traces
+    python benchmarks/policies.py              # 2 and 4 devices
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.engine_throughput import export_hf_dir  # noqa: E402
+from gyges.bench.metrics import RequestRecord  # noqa: E402
+from gyges.bench.runner import BenchConfig, BenchResult, run_benchmark  # noqa: E402
+from gyges.bench.slo import Baseline, fit_baseline, meets_slo  # noqa: E402
+from gyges.bench.traces import load_trace  # noqa: E402
+from gyges.bench.workload import Workload, scale_trace, time_scale_for_rate, with_arrivals  # noqa: E402
+from gyges.memory.layout import device_layout, units_per_block  # noqa: E402
+from gyges.model.loader import load_config  # noqa: E402
+
+# (80 GB - 65.5 GB of Qwen2.5-32B bf16 weights - activations) / 256 KiB of KV per token (64 layers,
+# 8 KV heads of 128): the KV tokens one H100 holds at TP1
+REAL_KV_TOKENS = 46_000
+SLO = {"ttft": 5.0, "tpot": 5.0}
+ATTAIN = 0.90
+RESULTS = ROOT / "results"
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+@dataclass
+class Setup:
+    """One trace on one device count: what every server of this comparison shares."""
+    trace: str
+    devices: int
+    workload: Workload          # the scaled slice at the trace's own times
+    length_scale: float
+    device_memory: int          # bytes per device
+    capacity: dict[int, int]    # TP degree -> KV tokens of one instance
+    model: Path
+    name: str                   # the served model name
+    vocab_size: int
+    args: argparse.Namespace
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def threads(self) -> int:
+        return self.args.threads_per_device or max(1, (os.cpu_count() or 1) // self.devices)
+
+    @property
+    def key(self) -> str:
+        return f"{self.trace}-{self.devices}dev"
+
+    def degree(self, i: int) -> int:
+        """The smallest TP degree whose instance holds request i (its prompt and all its output)."""
+        r = self.workload.requests[i]
+        return min((t for t, cap in self.capacity.items() if cap >= r.input_len + r.output_len),
+                   default=self.devices)
+
+
+def default_dtype() -> str:
+    """bf16 where the CPU computes it natively (Gyges' C kernels need AVX512-BF16), else fp32: the
+    PyTorch bf16 path without it is several times slower than fp32."""
+    try:
+        return "bfloat16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "float32"
+    except OSError:
+        return "float32"
+
+
+def stop_on_sigterm():
+    """SIGTERM unwinds like Ctrl-C, so the servers this benchmark started are stopped too."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def aligned_layouts(devices: int, start: int = 0) -> list[tuple[int, ...]]:
+    """Every buddy layout: instance sizes in device order, each a power of two starting at a
+    multiple of itself (2 devices: (1, 1), (2,); 4 devices: five)."""
+    if start == devices:
+        return [()]
+    out, s = [], 1
+    while start + s <= devices and start % s == 0:
+        out += [(s, *rest) for rest in aligned_layouts(devices, start + s)]
+        s *= 2
+    return out
+
+
+def scaled(trace: str, devices: int, args, model: Path) -> Setup:
+    """The slice scaled to --mean-tokens per request and the device memory whose TP1 instance holds
+    REAL_KV_TOKENS x length-scale tokens of KV."""
+    reqs = load_trace(trace)[:args.requests]
+    ls = args.mean_tokens / float(np.mean([r.input_len + r.output_len for r in reqs]))
+    config = load_config(model)
+    probe = device_layout(config, devices, args.block_size, DTYPE_BYTES[args.dtype], 0)
+    blocks = math.ceil(REAL_KV_TOKENS * ls / args.block_size)
+    memory = (probe.min_pages(1) + blocks * units_per_block(devices, 1)) * probe.page_bytes
+    layout = device_layout(config, devices, args.block_size, DTYPE_BYTES[args.dtype], memory)
+    capacity = {t: layout.kv_capacity(t) // units_per_block(devices, t) * args.block_size
+                for t in (2 ** k for k in range(devices.bit_length())) if t <= devices}
+    w = scale_trace(reqs, 1.0, ls, config.max_position_embeddings)
+    return Setup(trace, devices, w, ls, memory, capacity, model, "model", config.vocab_size, args)
+
+
+# the server
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+@contextmanager
+def serve(model: Path, flags: list[str], start_timeout: float = 600.0) -> Iterator[str]:
+    """`gyges serve MODEL FLAGS` on a free port, up once /health answers; SIGTERM on exit."""
+    port, t0 = _free_port(), time.perf_counter()
+    log = tempfile.NamedTemporaryFile("w+", prefix="gyges-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "gyges.cli", "serve", str(model), "--port", str(port),
+                             "--log-level", "warning", *flags], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"gyges serve exited with {proc.returncode} (log {log.name}):\n"
+                                   + Path(log.name).read_text()[-3000:])
+            if time.perf_counter() - t0 > start_timeout:
+                raise RuntimeError(f"gyges serve not healthy after {start_timeout:.0f} s (log {log.name})")
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1.0).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+@contextmanager
+def serve_setup(s: Setup, policy: str, layout: tuple[int, ...] | None = None, max_tp: int | None = None
+                ) -> Iterator[str]:
+    """A server of this comparison: its devices, memory and threads, under `policy`."""
+    t0 = time.perf_counter()
+    flags = ["--devices", str(s.devices), "--max-tp", str(max_tp or s.devices), "--device-memory",
+             str(s.device_memory), "--dtype", s.args.dtype, "--block-size", str(s.args.block_size),
+             "--threads-per-device", str(s.threads), "--served-model-name", s.name, "--policy", policy]
+    with serve(s.model, flags + (["--static-layout", ",".join(map(str, layout))] if layout else []),
+               s.args.start_timeout) as url:
+        s.phases["of which server starts"] = s.phases.get("of which server starts", 0.0) + time.perf_counter() - t0
+        yield url
+
+
+@dataclass
+class Run:
+    """One benchmark against one server: its result and the layout history during it."""
+    result: BenchResult
+    start_wall: float
+    layout0: list[list[int]]                   # instances' devices when the run began
+    transformations: list[dict]                # /v1/cluster records that started during the run
+
+
+def run(s: Setup, url: str, w: Workload, concurrency: int | None = None, baseline: Baseline | None = None) -> Run:
+    before = _get(f"{url}/v1/cluster")
+    cfg = BenchConfig(url, model=s.name, seed=s.args.seed, vocab_size=s.vocab_size, max_concurrency=concurrency,
+                      slo=SLO if baseline else {}, slo_baseline=baseline, progress=False)
+    start = time.time()
+    res = run_benchmark(cfg, w)
+    while (c := _get(f"{url}/v1/cluster"))["pending"] is not None:  # a transformation may still be finishing
+        time.sleep(0.2)
+    return Run(res, start, [i["devices"] for i in before["instances"]],
+               [t for t in c["transformations"] if t["started"] >= start])
+
+
+def at_rate(w: Workload, rate: float) -> Workload:
+    ts = time_scale_for_rate(w.requests, rate)
+    return replace(w, requests=with_arrivals(w.requests, [r.arrival_s * ts for r in w.requests]))
+
+
+def subset(w: Workload, idx: list[int]) -> Workload:
+    return replace(w, requests=[w.requests[i] for i in idx])
+
+
+# the measurements
+
+def unloaded(s: Setup, url: str, tp: int) -> list[tuple[int, float, float | None]]:
+    """(prompt length, TTFT, TPOT) of requests whose smallest instance is TP `tp`, sent one at a
+    time to `url`, a static all-TP`tp` server (at most --baseline-requests, spread over the slice)."""
+    idx = [i for i in range(len(s.workload.requests)) if s.degree(i) == tp]
+    idx = sorted({idx[j] for j in np.linspace(0, len(idx) - 1, min(len(idx), s.args.baseline_requests), dtype=int)})
+    out = []
+    for rec in run(s, url, subset(s.workload, idx), concurrency=1).result.records:
+        if not rec.success:
+            raise RuntimeError(f"an unloaded request failed on TP{tp}: {rec.error}")
+        out.append((rec.prompt_len, rec.ttft_s, rec.tpot_s if rec.output_tokens > 1 else None))
+    return out
+
+
+def throughput(s: Setup, url: str, w: Workload) -> list[float]:
+    """Total token throughput of `w` sent all at once, --repeats times."""
+    out = []
+    for _ in range(s.args.repeats):
+        r = run(s, url, w).result
+        if r.metrics.failed:
+            raise RuntimeError(f"{r.metrics.failed} requests failed in a throughput run")
+        out.append(r.metrics.total_token_throughput)
+    return out
+
+
+def summary(r: Run, baseline: Baseline, rate: float) -> dict:
+    recs, m = r.result.records, r.result.metrics
+    ok = [x for x in recs if x.success]
+    ttft = [x.ttft_s for x in ok] or [math.nan]
+    tpot = [x.tpot_s for x in ok if x.output_tokens > 1] or [math.nan]
+    met = sum(meets_slo(x.prompt_len, x.ttft_s if x.success else None,
+                        x.tpot_s if x.success and x.output_tokens > 1 else None, SLO, baseline) for x in recs)
+    rejected = sum(not x.success and x.status in (400, 503) for x in recs)
+    return {"rate": rate, "slo_attainment": met / len(recs), "throughput_tok_s": m.total_token_throughput,
+            "output_tok_s": m.output_throughput, "goodput_req_s": met / m.duration_s,
+            "ttft_p50_s": float(np.median(ttft)), "ttft_p99_s": float(np.percentile(ttft, 99)),
+            "tpot_p50_s": float(np.median(tpot)), "tpot_p99_s": float(np.percentile(tpot, 99)),
+            "completed": m.completed, "rejected": rejected, "failed": len(recs) - m.completed - rejected,
+            "transformations": len(r.transformations), "duration_s": m.duration_s}
+
+
+def sweep(attempt: Callable[[float], dict], start: float, factor: float, max_runs: int) -> list[dict]:
+    """Rates start x factor^k, up while the SLO holds (down while it does not) until the boundary is
+    bracketed, then geometric bisection, `max_runs` in all (DistServe's search, on the real engine).
+    The ladder's rates are the same for every policy, so they can be compared rate by rate."""
+    tried: dict[float, dict] = {}
+
+    def ok(rate: float) -> bool:
+        if rate not in tried:
+            tried[rate] = attempt(rate)
+        return tried[rate]["slo_attainment"] >= ATTAIN
+
+    rate, up = start, ok(start)
+    while len(tried) < max_runs and ok(rate) == up and rate > start * factor ** -4:
+        rate = rate * factor if up else rate / factor
+        ok(rate)
+    while len(tried) < max_runs:
+        passed = [r for r in tried if ok(r)]
+        above = [r for r in tried if not ok(r) and r > max(passed, default=0.0)]
+        if not passed or not above:
+            break
+        ok(math.sqrt(max(passed) * min(above)))
+    return [tried[r] for r in sorted(tried)]
+
+
+def compare(s: Setup) -> tuple[dict, dict]:
+    """Baseline, ceiling and every policy's sweep for one Setup; returns its JSON and the runs to plot."""
+    k, runs = s.devices, {}
+    fits = [i for i in range(len(s.workload.requests)) if s.degree(i) == 1]
+    degrees = sorted({s.degree(i) for i in range(len(s.workload.requests))}, reverse=True)
+    work = [r.input_len + r.output_len for r in s.workload.requests]
+    w_merge = sum(n for i, n in enumerate(work) if s.degree(i) > 1) / sum(work)
+    burst = subset(replace(s.workload, requests=with_arrivals(s.workload.requests, [0.0] * len(work))), fits)
+
+    def phase(name: str, t0: float):
+        s.phases[name] = s.phases.get(name, 0.0) + time.perf_counter() - t0
+        print(f"  [{s.key}] {name}: {s.phases[name]:.0f} s", flush=True)
+
+    policies = {"gyges": ("gyges", None)} | {"static-" + ",".join(map(str, lay)): ("static", lay)
+                                              for lay in aligned_layouts(k)}
+    policies = {n: p for n, p in policies.items() if not s.args.policies or n in s.args.policies}
+    results: dict[str, dict] = {}
+    baseline, samples = None, []
+
+    def policy_sweep(name: str, url: str):
+        t1 = time.perf_counter()
+        # half the rate the devices serve with no batching at all
+        start = s.args.start_rate or 0.5 * k * len(work) / sum(
+            baseline.ttft(r.input_len) + baseline.tpot(r.input_len) * (r.output_len - 1) for r in s.workload.requests)
+
+        def attempt(rate: float) -> dict:
+            r = run(s, url, at_rate(s.workload, rate), baseline=baseline)
+            runs[(name, rate)] = r
+            out = summary(r, baseline, rate)
+            print(f"    {name:<14} {rate:7.3f} req/s: SLO {100 * out['slo_attainment']:5.1f}%  "
+                  f"{out['throughput_tok_s']:7.1f} tok/s  TTFT p50 {out['ttft_p50_s']:.3f} s  "
+                  f"rejected {out['rejected']}  failed {out['failed']}  transformations {out['transformations']}",
+                  flush=True)
+            return out
+        rates = sweep(attempt, start, s.args.factor, s.args.max_runs)
+        good = [r for r in rates if r["slo_attainment"] >= ATTAIN]
+        best = max(good, key=lambda r: r["rate"]) if good else min(rates, key=lambda r: r["rate"])
+        results[name] = {"max_rate_at_slo": best["rate"] if good else 0.0,
+                         **{f: v for f, v in best.items() if f != "rate"}, "rates": rates}
+        phase(f"sweep {name}", t1)
+
+    t0 = time.perf_counter()
+    with serve_setup(s, "static", (1,) * k, max_tp=1) as url:
+        plain = throughput(s, url, burst)
+    with serve_setup(s, "static", (k,)) as url:
+        tpk = throughput(s, url, burst)
+        phase("ceiling", t0)
+        if k in degrees:
+            t0 = time.perf_counter()
+            samples += unloaded(s, url, k)
+            phase("unloaded baseline", t0)
+    ceiling = float(np.median(plain) / np.median(tpk))
+    bound = 1.0 / ((1.0 - w_merge) / ceiling + w_merge)
+    for t in [t for t in degrees if t not in (1, k)]:
+        with serve_setup(s, "static", (t,) * (k // t)) as url:
+            t0 = time.perf_counter()
+            samples += unloaded(s, url, t)
+            phase("unloaded baseline", t0)
+    all_tp1 = "static-" + ",".join(["1"] * k)
+    with serve_setup(s, "static", (1,) * k) as url:  # TP1 last: its sweep follows the baseline on the same server
+        t0 = time.perf_counter()
+        samples += unloaded(s, url, 1)
+        baseline = fit_baseline(*map(list, zip(*samples)))
+        phase("unloaded baseline", t0)
+        if all_tp1 in policies:
+            policy_sweep(all_tp1, url)
+    for name, (policy, lay) in policies.items():
+        if name not in results:
+            with serve_setup(s, policy, lay) as url:
+                policy_sweep(name, url)
+    out = {"devices": k, "requests": len(s.workload.requests), "length_scale": s.length_scale,
+           "kv_tokens_tp1_real": REAL_KV_TOKENS, "kv_tokens": {str(t): c for t, c in s.capacity.items()},
+           "device_memory_bytes": s.device_memory, "clipped": s.workload.clipped,
+           "need_merge": len(work) - len(fits), "work_share_need_merge": w_merge,
+           "slo": {**{m: f"{x:g}x" for m, x in SLO.items()}, "attainment": ATTAIN,
+                   "baseline": baseline.to_json() | {"requests": len(samples)}},
+           "ceiling": ceiling, "bound": bound,
+           "ceiling_runs_tok_s": {f"plain-{k}xtp1": plain, f"tp{k}": tpk}, **results}
+    return out, runs
+
+
+# plots
+
+def token_times(rec: RequestRecord) -> list[float]:
+    if not rec.success:
+        return []
+    return [rec.first_token_s, *(rec.first_token_s + np.cumsum(rec.itl_s)).tolist()]
+
+
+def plot(key: str, out: dict, runs: dict, capacity_tp1: int):
+    """TTFT CDFs and throughput over time of every policy at the highest rate all of them ran at
+    which Gyges met the SLO (else the lowest they all ran), and Gyges' layout timeline at that rate."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [n for n in out if n == "gyges" or n.startswith("static")]
+    common = sorted(set.intersection(*({r["rate"] for r in out[n]["rates"]} for n in names)))
+    if not common:
+        return
+    ref = out["gyges" if "gyges" in names else names[0]]["max_rate_at_slo"]
+    rate = max([r for r in common if r <= ref], default=common[0])
+    fig, (cdf, tput) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for n in names:
+        recs = runs[(n, rate)].result.records
+        ttft = sorted(r.ttft_s for r in recs if r.success)
+        cdf.step(ttft, np.arange(1, len(ttft) + 1) / len(recs), where="post", label=n)
+        times = np.concatenate([token_times(r) for r in recs] or [[]])
+        if len(times):
+            bins = np.arange(0, times.max() + 1.0, 1.0)
+            tput.plot(bins[:-1], np.histogram(times, bins)[0], label=n)
+    cdf.set(xscale="log", xlabel="TTFT (s)", ylabel="share of requests (rejected/failed never arrive)",
+            title=f"{key}: TTFT at {rate:.2f} req/s")
+    tput.set(xlabel="time (s)", ylabel="output tokens / s", title=f"{key}: throughput at {rate:.2f} req/s")
+    cdf.legend()
+    tput.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"policies-{key}-ttft-throughput.png", dpi=110)
+    plt.close(fig)
+    if "gyges" not in names:
+        return
+    g = runs[("gyges", rate)]
+    layout, t_prev, segments = [list(d) for d in g.layout0], 0.0, []
+    end = max((r.finish_s or 0.0) for r in g.result.records)
+    for tr in sorted(g.transformations, key=lambda t: t["started"]):
+        t = tr["started"] - g.start_wall
+        segments += [(t_prev, t, inst) for inst in layout]
+        segments.append((t, t + tr["duration_s"], None))  # the transformation itself
+        layout = [i for i in layout if i not in tr["from"]] + tr["to"]
+        t_prev = t + tr["duration_s"]
+    segments += [(t_prev, end, inst) for inst in layout]
+    fig, ax = plt.subplots(figsize=(12, 3.2))
+    colors = {1: "tab:blue", 2: "tab:orange", 4: "tab:green", 8: "tab:red"}
+    for t0, t1, inst in segments:
+        if inst is None:
+            ax.axvspan(t0, t1, color="grey", alpha=0.3, lw=0)
+            continue
+        ax.broken_barh([(t0, t1 - t0)], (min(inst) - 0.4, len(inst) - 0.2), color=colors.get(len(inst), "k"),
+                       alpha=0.7)
+    devices = out["devices"]
+    long = [r for r in g.result.records if r.prompt_len + r.output_len > capacity_tp1]
+    for j, r in enumerate(long):
+        y = devices - 0.3 + 0.25 * (j % 3)
+        ax.plot([r.send_s, r.finish_s or end], [y, y], color="black", lw=2)
+    ax.set(xlabel="time (s)", ylabel="device", yticks=range(devices), ylim=(-0.6, devices + 0.6),
+           title=f"{key}: Gyges layout at {rate:.2f} req/s (bars: instances, colour by TP "
+                 f"1 blue / 2 orange / 4 green; grey: transforming; black: requests longer than TP1 holds)")
+    ax.title.set_fontsize(9)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"policies-{key}-layout.png", dpi=110)
+    plt.close(fig)
+
+
+def table(key: str, out: dict) -> str:
+    rows = [f"{key}: ceiling {out['ceiling']:.3f}, w {out['work_share_need_merge']:.3f}, bound {out['bound']:.3f}, "
+            f"length scale {out['length_scale']:.4f}, TP1 KV {out['kv_tokens']['1']} tokens",
+            f"{'policy':<16}{'max rate':>9}{'tok/s':>9}{'goodput':>9}{'TTFT p50':>9}{'TTFT p99':>9}"
+            f"{'TPOT p50':>9}{'rej':>5}{'fail':>5}{'trans':>6}{'vs best':>8}"]
+    names = [n for n in out if n == "gyges" or n.startswith("static")]
+    serving = [out[n]["max_rate_at_slo"] for n in names if n.startswith("static") and not any(
+        r["rejected"] or r["failed"] for r in out[n]["rates"])]
+    best = max(serving, default=0.0)
+    for n in names:
+        p = out[n]
+        rows.append(f"{n:<16}{p['max_rate_at_slo']:>9.3f}{p['throughput_tok_s']:>9.1f}{p['goodput_req_s']:>9.3f}"
+                    f"{p['ttft_p50_s']:>9.3f}{p['ttft_p99_s']:>9.3f}{p['tpot_p50_s']:>9.4f}{p['rejected']:>5}"
+                    f"{p['failed']:>5}{p['transformations']:>6}"
+                    f"{p['max_rate_at_slo'] / best if best else math.nan:>8.2f}")
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 devices only")
+    ap.add_argument("--devices", type=int, nargs="+", default=None, help="default: 2 (--quick) or 2 4")
+    ap.add_argument("--traces", nargs="+", default=["mooncake-conversation", "azure-code"])
+    ap.add_argument("--requests", type=int, default=100, help="the slice: the trace's first N requests")
+    ap.add_argument("--mean-tokens", type=float, default=256.0,
+                    help="mean prompt + output tokens of a scaled request (sets --length-scale)")
+    ap.add_argument("--model", default=None, help="HF directory (default: the embedded SmolLM2, exported once)")
+    ap.add_argument("--dtype", default=default_dtype(), choices=sorted(DTYPE_BYTES),
+                    help="default: bfloat16 on CPUs with AVX512-BF16, else float32")
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--threads-per-device", type=int, default=None,
+                    help="default: the cores over the devices, at least 1")
+    ap.add_argument("--baseline-requests", type=int, default=16, help="unloaded requests per TP degree")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per side of the ceiling")
+    ap.add_argument("--start-rate", type=float, default=None, help="first rate of each sweep (default: from "
+                    "the unloaded baseline, half the devices' rate without batching)")
+    ap.add_argument("--factor", type=float, default=2.0, help="rate step of the sweep before it bisects")
+    ap.add_argument("--max-runs", type=int, default=5, help="rates tried per policy")
+    ap.add_argument("--policies", nargs="+", default=None, help="only these, e.g. gyges static-2 (default: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start-timeout", type=float, default=600.0)
+    ap.add_argument("--out", default=str(RESULTS / "policies.json"))
+    args = ap.parse_args()
+    stop_on_sigterm()
+    devices = args.devices or ([2] if args.quick else [2, 4])
+    t_all = time.perf_counter()
+    model = Path(args.model) if args.model else export_hf_dir()
+    RESULTS.mkdir(exist_ok=True)
+    results = {}
+    for k in devices:
+        for trace in args.traces:
+            t0 = time.perf_counter()
+            s = scaled(trace, k, args, model)
+            print(f"{s.key}: {len(s.workload.requests)} requests, length scale {s.length_scale:.4f}, "
+                  f"{s.device_memory / 2**20:.1f} MiB per device, KV tokens by TP {s.capacity}", flush=True)
+            out, runs = compare(s)
+            out["phases_s"] = s.phases | {"total": time.perf_counter() - t0}
+            out["threads_per_device"] = s.threads
+            results[s.key] = out
+            plot(s.key, out, runs, s.capacity[1])
+            print(table(s.key, out), flush=True)
+            Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out} in {time.perf_counter() - t_all:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
