@@ -256,6 +256,9 @@ class Controller:
             for seq in batch.failed:
                 self._outgrown(seq)
             if batch:
+                for seq in batch.seqs:
+                    if seq.scheduled is None:
+                        seq.scheduled = self.backend.now()
                 inst.stepping = True
                 steps = self._stretch(inst, batch)
                 if steps > 1:

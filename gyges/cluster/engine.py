@@ -39,6 +39,7 @@ class TokenEvent:
     finished: bool
     finish_reason: str | None
     error: str | None
+    queued_s: float | None = None  # on the first token's event: arrival to first scheduled
 
 
 @dataclass
@@ -112,8 +113,9 @@ class Engine:
         with self._lock:
             cb = self._callbacks.pop(seq.id, None) if seq.finished else self._callbacks.get(seq.id)
         if cb is not None:
+            first = tokens and len(seq.output_ids) == len(tokens) and seq.scheduled is not None
             cb(TokenEvent(seq.id, tokens, logprobs, seq.finished, seq.finish_reason if seq.finished else None,
-                          seq.error))
+                          seq.error, seq.scheduled - seq.arrival if first else None))
 
     # requests
 

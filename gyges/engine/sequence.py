@@ -89,6 +89,7 @@ class Sequence:
     need_tokens: int | None = None  # KV tokens it may reach: prompt + max_tokens unless an estimate is set
     arrival: float = 0.0            # controller clock at submission
     aborted: bool = False           # the client went away; it ends at its instance's next step
+    scheduled: float | None = None  # controller clock when it first ran (queue time = scheduled - arrival)
 
     @property
     def tokens(self) -> list[int]:

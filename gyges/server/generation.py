@@ -97,6 +97,8 @@ class Generation:
         if event.token_ids:
             (m.ttft if c.last is None else m.itl).observe(now - (c.arrived if c.last is None else c.last))
             c.last, c.num_tokens = now, c.num_tokens + len(event.token_ids)
+            if event.queued_s is not None:
+                m.queue.observe(event.queued_s)
         text = c.detok.add(event.token_ids)
         delta = Delta(c.index, text, list(event.token_ids), event.logprobs)
         if c.detok.stopped:

@@ -22,6 +22,7 @@ class ServerMetrics:
         self.ttft = hist("time_to_first_token_seconds", "Time from arrival to the first token.")
         self.itl = hist("inter_token_latency_seconds", "Time between a request's consecutive token arrivals.")
         self.e2e = hist("e2e_request_latency_seconds", "Time from arrival to the last token.")
+        self.queue = hist("request_queue_time_seconds", "Time from arrival at the engine to its first step.")
         self.registry.register(_EngineCollector(engine, model_name))
 
     def render(self) -> bytes:

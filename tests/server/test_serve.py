@@ -100,6 +100,16 @@ def test_logprobs_completion_and_chat(client):
     assert len(content) == 4 and all(len(c.top_logprobs) == 2 for c in content)
 
 
+def test_text_equals_gyges_generate_for_the_same_greedy_request(client, tiny_server):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "gyges.cli", "generate", tiny_server.model, "--prompt", PROMPT,
+                          "--no-chat", "--max-tokens", "12", "--dtype", "float32", "--device-memory", "0.95MiB"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    served = complete(client, max_tokens=12, temperature=0).choices[0].text
+    assert served.strip() and served.strip() == out.strip()
+
+
 def test_models_cluster_and_metrics(client, tiny_server):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     auth = {"Authorization": f"Bearer {API_KEY}"}
@@ -107,6 +117,7 @@ def test_models_cluster_and_metrics(client, tiny_server):
     assert [i["tp"] for i in info["instances"]] == [1, 1]
     text = httpx.get(f"{tiny_server.url}/metrics").text
     for name in ("gyges:time_to_first_token_seconds_count", "gyges:generation_tokens_total",
+                 "gyges:request_queue_time_seconds_count",
                  "gyges:kv_cache_usage_perc", 'gyges:instances{model_name="tiny",tp="1"} 2.0'):
         assert name in text
 
