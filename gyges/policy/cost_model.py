@@ -107,17 +107,26 @@ class HardwareProfile:
 class StepLoad:
     """What one step computes. `context_tokens` counts (query, key) pairs attention works on:
     a decode adds its sequence's length; a prefill chunk of n tokens over c cached ones adds
-    n * (c + (n + 1) / 2). Attention's KV reads and FLOPs both scale with it."""
+    n * (c + (n + 1) / 2). Attention's FLOPs scale with it. `kv_read_tokens`: KV tokens read from
+    memory; a decode reads its sequence's, a prefill chunk its cached prefix and itself once (the
+    attention kernel keeps K/V tiles on chip: the pairs' cost is in the FLOPs). None: the same as
+    `context_tokens`, which is exact when every entry is a decode."""
     prefill_tokens: int = 0
     decode_tokens: int = 0
     context_tokens: float = 0
+    kv_read_tokens: float | None = None
+
+    @property
+    def kv_tokens(self) -> float:
+        return self.context_tokens if self.kv_read_tokens is None else self.kv_read_tokens
 
     @classmethod
     def of(cls, prefills: Iterable[tuple[int, int]] = (), decode_lens: Iterable[int] = ()) -> "StepLoad":
         """From prefill chunks (tokens, cached tokens before them) and decoding sequences' lengths."""
         prefills, decode_lens = list(prefills), list(decode_lens)
         pairs = sum(n * (c + (n + 1) / 2) for n, c in prefills) + sum(decode_lens)
-        return cls(sum(n for n, _ in prefills), len(decode_lens), pairs)
+        kv = sum(c + n for n, c in prefills) + sum(decode_lens)
+        return cls(sum(n for n, _ in prefills), len(decode_lens), pairs, kv if prefills else None)
 
     @property
     def tokens(self) -> int:
@@ -146,10 +155,11 @@ class StepSample:
     decode_tokens: int
     context_tokens: float
     seconds: float
+    kv_read_tokens: float | None = None
 
     @property
     def load(self) -> StepLoad:
-        return StepLoad(self.prefill_tokens, self.decode_tokens, self.context_tokens)
+        return StepLoad(self.prefill_tokens, self.decode_tokens, self.context_tokens, self.kv_read_tokens)
 
 
 class CostModel:
@@ -166,7 +176,7 @@ class CostModel:
         head = m.vocab * m.hidden  # logits for decode rows only; a prefill's last row is noise beside its chunk
         attn_pair_flops = 4 * m.layers * m.padded_heads * m.head_dim / tp
         read = ((m.sharded_params / tp + (head if load.decode_tokens else 0)) * m.dtype_bytes
-                + load.context_tokens * m.kv_bytes_per_token / tp)
+                + load.kv_tokens * m.kv_bytes_per_token / tp)
         flops = 2 * load.tokens * m.sharded_params / tp + 2 * load.decode_tokens * head + load.context_tokens * attn_pair_flops
         reduces = 2 * m.layers if tp > 1 else 0
         ring_bytes = reduces * 2 * (tp - 1) / tp * load.tokens * m.hidden * m.dtype_bytes

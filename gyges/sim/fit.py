@@ -77,4 +77,4 @@ def sample_dict(m: Measured) -> dict:
 
 
 def sample_of(d: dict) -> Measured:
-    return Measured(d["run"], StepSample(**{f.name: d[f.name] for f in fields(StepSample)}))
+    return Measured(d["run"], StepSample(**{f.name: d[f.name] for f in fields(StepSample) if f.name in d}))

@@ -46,7 +46,7 @@ def _run(cluster, tp: int, p: Point, seed: int) -> list[Measured]:
         loads = {step_load([(len(s.prompt_ids), before[s.id], s.num_computed) for s in group]) for group in where}
         if len(loads) == 1 and (load := loads.pop()).tokens:  # every instance ran the same load
             out.append(Measured(run_name(tp, p), StepSample(tp, load.prefill_tokens, load.decode_tokens,
-                                                            load.context_tokens, seconds)))
+                                                            load.context_tokens, seconds, load.kv_read_tokens)))
     return out
 
 

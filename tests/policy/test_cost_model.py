@@ -43,7 +43,8 @@ def test_step_time_by_hand():
 
 def test_step_load_of_counts_attention_pairs():
     load = StepLoad.of(prefills=[(4, 10)], decode_lens=[7, 9])
-    assert load == StepLoad(prefill_tokens=4, decode_tokens=2, context_tokens=4 * (10 + 2.5) + 16)
+    assert load == StepLoad(prefill_tokens=4, decode_tokens=2, context_tokens=4 * (10 + 2.5) + 16,
+                            kv_read_tokens=(10 + 4) + 16)  # a chunk reads its prefix and itself once
 
 
 def test_decode_time_sums_the_steps():

@@ -33,7 +33,8 @@ def _measured(cost: CostModel, scale: float = 1.0) -> list[Measured]:
             p_ = Point(b, p, 4)
             for load in (StepLoad.of([(p, 0)] * b), StepLoad.of(decode_lens=[p + 1] * b), StepLoad.of(decode_lens=[p + 2] * b)):
                 out.append(Measured(run_name(tp, p_), StepSample(tp, load.prefill_tokens, load.decode_tokens,
-                                                                 load.context_tokens, scale * cost.step_time(tp, load))))
+                                                                 load.context_tokens, scale * cost.step_time(tp, load),
+                                                                 load.kv_read_tokens)))
     return out
 
 
