@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="qwen2.5-32b", choices=sorted(MODELS))
     p.add_argument("--policy", default="gyges", help="gyges or a static layout name such as static-tp2, static-4+2+1+1")
     p.add_argument("--slo", nargs="+", default=["ttft:5x", "tpot:5x"])
+    p.add_argument("--duration", type=float, default=None, help="keep only the trace's first this many seconds")
+    p.add_argument("--block-size", dest="block_tokens", type=int, default=16,
+                   help="KV block tokens (vLLM's 16; larger blocks plan transformations faster, coarser KV accounting)")
     p.add_argument("--rate", type=float, default=None, help="rescale arrivals to this many requests/s")
     p.add_argument("--compare", action="store_true", help="every policy, each at its highest rate within the SLO")
     p.add_argument("--json", default=None, help="write the results here")
@@ -69,8 +72,11 @@ def main(args) -> int:
         return fit_command(args)
     if not args.trace:
         raise ValueError("--trace is required (or --fit)")
-    setup = Setup(model(args.model), gpu(args.gpu), gpus=args.gpus, max_tp=min(8, args.gpus), stretch=args.stretch)
+    setup = Setup(model(args.model), gpu(args.gpu), gpus=args.gpus, max_tp=min(8, args.gpus), stretch=args.stretch,
+                  block_tokens=args.block_tokens)
     slo, trace = parse_slo(args.slo), load_trace(args.trace)
+    if args.duration is not None:
+        trace = [r for r in trace if r.arrival_s - trace[0].arrival_s < args.duration]
     pols = policies(setup)
     names = list(pols) if args.compare else [args.policy]
     if any(n not in pols for n in names):
