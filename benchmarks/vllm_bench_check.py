@@ -87,7 +87,7 @@ def main():
     ap.add_argument("--rate", type=float, default=1.0, help="req/s, well below what the server sustains")
     ap.add_argument("--pairs", type=int, default=2, help="gyges + vLLM runs, alternating")
     ap.add_argument("--devices", type=int, default=2)
-    ap.add_argument("--device-memory", default="512MiB")
+    ap.add_argument("--device-memory", default="1GiB")
     ap.add_argument("--policy", default="static", choices=["static", "gyges"])
     ap.add_argument("--dtype", default=default_dtype(), help="default: bfloat16 with AVX512-BF16, else float32")
     ap.add_argument("--vocab-size", type=int, default=49152)
