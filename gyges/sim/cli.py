@@ -1,7 +1,10 @@
 """`gyges simulate`: a trace on simulated GPUs under each policy; with --compare, the highest rate
 each policy sustains within the SLO (arrivals rescaled to each rate)."""
 import argparse
+import functools
 import json
+import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -11,7 +14,7 @@ from gyges.bench.workload import scale_trace, time_scale_for_rate
 from gyges.policy.policy import GygesPolicy, StaticPolicy
 from gyges.sim import layouts
 from gyges.sim.profiles import GPUS, MODELS, gpu, model
-from gyges.sim.run import Setup, SimResult, simulate, unloaded
+from gyges.sim.run import GiveUp, Setup, SimResult, simulate, unloaded
 from gyges.sim.sweep import max_rate
 
 ATTAINMENT = 0.9  # the share of requests that must meet the SLO at a sustained rate
@@ -50,12 +53,26 @@ def policies(setup: Setup) -> dict[str, tuple]:
     return out
 
 
-def summary(res: SimResult, setup: Setup, slo: dict[str, float]) -> dict:
-    cost, caps = setup.cost(), {t: setup.cost().kv_capacity_tokens(t, setup.block_tokens) for t in (1, 2, 4, 8)}
+def unloaded_of(setup: Setup) -> Callable[[int, int], tuple[float, float]]:
+    """(prompt, output) -> the request's unloaded TTFT and TPOT on `setup`, cached: the SLO's reference."""
+    cost = setup.cost()
+    caps = {t: cost.kv_capacity_tokens(t, setup.block_tokens) for t in (1, 2, 4, 8) if t <= setup.max_tp}
+    return functools.cache(lambda prompt, output: unloaded(cost, caps, prompt, output, setup.max_batched_tokens))
+
+
+def give_up(n: int, slo: dict[str, float], ref: Callable[[int, int], tuple[float, float]]) -> GiveUp:
+    """Stop a rate probe once its attainment can no longer reach ATTAINMENT over `n` requests."""
+    def limits(prompt: int, output: int) -> tuple[float, float]:
+        t0, p0 = ref(prompt, output)
+        return slo.get("ttft", math.inf) * t0, slo.get("tpot", math.inf) * p0
+    return GiveUp(limits, n - math.ceil(ATTAINMENT * n - 1e-9))
+
+
+def summary(res: SimResult, slo: dict[str, float], ref: Callable[[int, int], tuple[float, float]]) -> dict:
     ok = [o for o in res.outcomes if o.ttft_s is not None]
     met = 0
     for o in res.outcomes:
-        t0, p0 = unloaded(cost, caps, o.prompt_len, o.output_len, setup.max_batched_tokens)
+        t0, p0 = ref(o.prompt_len, o.output_len)
         met += meets_slo(o.prompt_len, o.ttft_s, o.tpot_s, slo, Baseline(Line(t0), Line(p0)))
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None
     ttft, tpot = [o.ttft_s for o in ok], [o.tpot_s for o in ok if o.tpot_s is not None]
@@ -63,7 +80,7 @@ def summary(res: SimResult, setup: Setup, slo: dict[str, float]) -> dict:
     return {"attainment": met / len(res.outcomes), "throughput_tok_s": sum(o.output_len for o in ok) / span if span else 0.0,
             "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99), "tpot_p50_s": pct(tpot, 50),
             "tpot_p99_s": pct(tpot, 99), "transformations": res.transformations,
-            "rejected": len(res.outcomes) - len(ok), "wall_s": res.wall_s}
+            "rejected": len(res.outcomes) - len(ok), "wall_s": res.wall_s, "gave_up": res.gave_up}
 
 
 def main(args) -> int:
@@ -82,11 +99,14 @@ def main(args) -> int:
     if any(n not in pols for n in names):
         raise ValueError(f"unknown policy {args.policy!r}; choose from {', '.join(pols)}")
 
+    ref = unloaded_of(setup)
+    probe = give_up(len(trace), slo, ref) if args.compare else None
+
     def run(name: str, rate: float | None) -> tuple[dict, SimResult]:
         reqs = trace if rate is None else scale_trace(trace, time_scale_for_rate(trace, rate)).requests
         pol, sizes = pols[name]
-        res = simulate(reqs, setup, pol, sizes, progress=True)
-        return summary(res, setup, slo), res
+        res = simulate(reqs, setup, pol, sizes, progress=True, give_up=probe)
+        return summary(res, slo, ref), res
 
     out, shown = {}, {}  # shown: each policy's run at its reported rate, for --plot
     native = (len(trace) - 1) / (trace[-1].arrival_s - trace[0].arrival_s)

@@ -1,7 +1,9 @@
 """One simulation: a trace's requests submitted to the real controller, policy and schedulers at
 their arrival times, on simulated devices (SimBackend), and what each request saw."""
 import gc
+import heapq
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -83,28 +85,66 @@ class SimResult:
     wall_s: float = 0.0
     steps: int = 0
     launches: int = 0
+    gave_up: bool = False
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Stop a run once more than `max_misses` requests have surely missed the SLO: a rate probe whose
+    attainment can no longer reach the target is settled, and overloaded runs (growing queues) are
+    the slow ones. `limits(prompt, output)` gives a request's TTFT and TPOT limits in seconds. The
+    requests not yet finished then count as misses."""
+    limits: Callable[[int, int], tuple[float, float]]
+    max_misses: int
 
 
 def simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[int, ...] = (1,) * 8,
-             progress: bool = False) -> SimResult:
+             progress: bool = False, give_up: GiveUp | None = None) -> SimResult:
     """The cyclic garbage collector is off while it runs: thousands of live prompts (lists of up to
     100k token ids) made each full collection scan them all, for no garbage (the run makes few cycles)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _simulate(trace, setup, policy, per_host, progress)
+        return _simulate(trace, setup, policy, per_host, progress, give_up)
     finally:
         if enabled:
             gc.enable()
 
 
-def _simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[int, ...], progress: bool) -> SimResult:
+class _Misses:
+    """Requests that surely miss: a first token after its TTFT limit (or none by then), a TPOT over
+    its limit, or an error."""
+
+    def __init__(self, give_up: GiveUp):
+        self.give_up, self.missed, self.deadlines, self.tpot = give_up, set(), [], {}
+
+    def arrived(self, sid: int, o: "Outcome") -> None:
+        ttft, self.tpot[sid] = self.give_up.limits(o.prompt_len, o.output_len)
+        heapq.heappush(self.deadlines, (o.arrival_s + ttft, sid))
+
+    def finished(self, sid: int, o: "Outcome") -> None:
+        if o.error or (o.tpot_s is not None and o.tpot_s > self.tpot[sid]):
+            self.missed.add(sid)
+
+    def over(self, now: float, out: dict[int, "Outcome"]) -> bool:
+        """Whether more than the allowed requests have missed by `now`."""
+        while self.deadlines and self.deadlines[0][0] < now:
+            deadline, sid = heapq.heappop(self.deadlines)
+            first = out[sid].first_token_s
+            if first is None or first > deadline:
+                self.missed.add(sid)
+        return len(self.missed) > self.give_up.max_misses
+
+
+def _simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[int, ...], progress: bool,
+              give_up: GiveUp | None) -> SimResult:
     t_wall = time.perf_counter()
     backend = SimBackend(setup.cost(), setup.max_stretch_s)
     cfg = ControllerConfig(setup.max_tp, setup.block_tokens, setup.max_num_seqs, setup.max_batched_tokens,
                            setup.host_devices, stretch=decode_stretch if setup.stretch else None)
     out: dict[int, Outcome] = {}
     tokens: list[tuple[float, int]] = []
+    misses = _Misses(give_up) if give_up else None
     bar = tqdm(total=len(trace), desc="simulate", unit="req", disable=not progress, leave=False)
 
     def on_output(seq: Sequence, new: list[int], _):
@@ -116,6 +156,8 @@ def _simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[i
         if seq.finished:
             o.finish_s, o.error = now, seq.error
             bar.update(1)
+            if misses:
+                misses.finished(seq.id, o)
 
     ctl = Controller(backend, setup.layout(), cfg, policy, set(), setup.sizes(per_host), on_output)
     layouts = [(0.0, [list(i.devices) for i in ctl.instances])]
@@ -126,17 +168,34 @@ def _simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[i
         if now != layouts[-1][1]:
             layouts.append((backend.now(), now))
 
+    def stop() -> bool:
+        return misses is not None and misses.over(backend.now(), out)
+
+    gave_up = False
     for r in trace:
-        while backend.now() < r.arrival_s:
+        while backend.now() < r.arrival_s and not gave_up:
             run(r.arrival_s)
+            gave_up = stop()
+        if gave_up:
+            break
         seq = Sequence([TOKEN] * r.input_len, SamplingParams(max_tokens=r.output_len, ignore_eos=True, seed=0))
-        out[seq.id] = Outcome(r.input_len, r.output_len, r.arrival_s)
+        out[seq.id] = o = Outcome(r.input_len, r.output_len, r.arrival_s)
+        if misses:
+            misses.arrived(seq.id, o)
         ctl.submit(seq)
-    while ctl.has_work:
+    while ctl.has_work and not gave_up:
         run(None)
+        gave_up = stop()
     bar.close()
-    return SimResult(list(out.values()), backend.now(), len(ctl.history), layouts, tokens,
-                     time.perf_counter() - t_wall, backend.steps_run, backend.launches)
+    outcomes = list(out.values())
+    if gave_up:
+        for o in outcomes:
+            if o.finish_s is None:
+                o.error = "not finished: the run gave up"
+        outcomes += [Outcome(r.input_len, r.output_len, r.arrival_s, error="not run: the run gave up")
+                     for r in trace[len(outcomes):]]
+    return SimResult(outcomes, backend.now(), len(ctl.history), layouts, tokens,
+                     time.perf_counter() - t_wall, backend.steps_run, backend.launches, gave_up)
 
 
 def unloaded(cost: CostModel, capacity_by_tp: dict[int, int], prompt: int, output: int,

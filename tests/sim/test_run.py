@@ -7,7 +7,7 @@ from gyges.bench.traces import TraceRequest
 from gyges.policy.cost_model import StepLoad
 from gyges.policy.policy import GygesPolicy, StaticPolicy
 from gyges.sim.profiles import gpu, model
-from gyges.sim.run import Setup, simulate
+from gyges.sim.run import GiveUp, Setup, simulate
 
 
 def setup(gpus=1, kv_tokens=None, stretch=True, **kw) -> Setup:
@@ -64,3 +64,15 @@ def test_stretch_equals_step_by_step():
     for a, b in zip(step.outcomes, stretch.outcomes):
         assert b.first_token_s == pytest.approx(a.first_token_s, rel=1e-9)
         assert b.finish_s == pytest.approx(a.finish_s, rel=1e-9)
+
+
+def test_give_up_stops_an_overloaded_run():
+    """Limits no request can meet: the run stops after max_misses + 1 misses, the rest count as misses."""
+    s = setup()
+    trace = [TraceRequest(0.01 * i, 500, 20) for i in range(40)]
+    full = simulate(trace, s, StaticPolicy(), per_host=(1,))
+    cut = simulate(trace, s, StaticPolicy(), per_host=(1,), give_up=GiveUp(lambda p, o: (1e-6, 1e-6), 3))
+    assert cut.gave_up and not full.gave_up and len(cut.outcomes) == 40
+    assert cut.end_s < full.end_s and sum(o.error is None for o in cut.outcomes) < 40
+    loose = simulate(trace, s, StaticPolicy(), per_host=(1,), give_up=GiveUp(lambda p, o: (1e3, 1e3), 0))
+    assert not loose.gave_up and [o.finish_s for o in loose.outcomes] == [o.finish_s for o in full.outcomes]
