@@ -92,10 +92,12 @@ class HardwareProfile:
     transfer_efficiency: float = 1.0  # transformation moves (peer reads, NCCL send/recv) over link_bandwidth
     step_overhead_s: float = 0.0      # scheduling, launch, Python: paid once per step
     switch_overhead_s: float = 0.0    # a transformation's switch: barriers, rebinding, new block tables
+    tp_efficiency: float = 1.0        # memory and FLOP rates achieved per doubling of the TP degree (smaller
+                                      # per-device GEMMs, per-shard launches); 1.0: TP costs only its all-reduces
 
     def __post_init__(self):
         for name in ("mem_bandwidth", "peak_flops", "link_bandwidth", "memory_bytes", "mem_efficiency",
-                     "flop_efficiency", "link_efficiency", "transfer_efficiency"):
+                     "flop_efficiency", "link_efficiency", "transfer_efficiency", "tp_efficiency"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{self.name}: {name} must be positive, got {getattr(self, name)}")
         for name in ("link_latency", "step_overhead_s", "switch_overhead_s"):
@@ -168,7 +170,8 @@ class CostModel:
 
     def quantities(self, tp: int, load: StepLoad) -> np.ndarray:
         """[bytes read, FLOPs, all-reduce bytes, all-reduces, steps] of one device (rank 0, which also
-        runs the head): the step time is their dot product with `unit_costs`."""
+        runs the head): the step time is their dot product with `unit_costs`. Bytes and FLOPs are
+        scaled up by 1 / tp_efficiency per doubling of `tp`."""
         m = self.model
         m.check_tp(tp)
         if load.tokens == 0:
@@ -180,7 +183,8 @@ class CostModel:
         flops = 2 * load.tokens * m.sharded_params / tp + 2 * load.decode_tokens * head + load.context_tokens * attn_pair_flops
         reduces = 2 * m.layers if tp > 1 else 0
         ring_bytes = reduces * 2 * (tp - 1) / tp * load.tokens * m.hidden * m.dtype_bytes
-        return np.array([read, flops, ring_bytes, reduces, 1.0])
+        slow = self.hw.tp_efficiency ** math.log2(tp)  # 1.0 at TP1
+        return np.array([read / slow, flops / slow, ring_bytes, reduces, 1.0])
 
     def unit_costs(self) -> np.ndarray:
         h = self.hw

@@ -23,8 +23,12 @@ MEMORY_UTILIZATION = 0.9
 # about 70% of NVLink bandwidth per direction, ~10 us latency per small all-reduce; peer copies
 # (transformation moves) about 80%. A vLLM-like step costs ~3 ms of scheduling and launch, and a
 # switch ~20 ms of barriers and new block tables.
+# TP efficiency: memory and FLOP rates achieved per doubling of the TP degree. Calibrated, not measured:
+# 0.64 is where `gyges.sim.paper.tp4_loss` reproduces the paper's 57% loss from 4xTP1 to 1xTP4 for
+# Qwen2.5-32B on H100 with saturated instances of 256-token contexts (the paper's only figure for
+# it; its exact workload is not given). The same value is assumed for A100 and H200.
 EFFICIENCY = dict(mem_efficiency=0.8, flop_efficiency=0.6, link_efficiency=0.7, transfer_efficiency=0.8,
-                  link_latency=10e-6, step_overhead_s=3e-3, switch_overhead_s=20e-3)
+                  link_latency=10e-6, step_overhead_s=3e-3, switch_overhead_s=20e-3, tp_efficiency=0.64)
 
 
 def _gpu(name: str, hbm_tb_s: float, bf16_tflops: float, nvlink_gb_s_bidir: float, smi_mib: int) -> HardwareProfile:
