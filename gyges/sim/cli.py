@@ -13,6 +13,7 @@ from gyges.bench.traces import load_trace
 from gyges.bench.workload import scale_trace, time_scale_for_rate
 from gyges.policy.policy import GygesPolicy, StaticPolicy
 from gyges.sim import layouts
+from gyges.sim.peers import peers
 from gyges.sim.profiles import GPUS, MODELS, gpu, model
 from gyges.sim.run import GiveUp, Setup, SimResult, simulate, unloaded
 from gyges.sim.sweep import max_rate
@@ -26,7 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--gpu", default="h100", choices=sorted(GPUS))
     p.add_argument("--model", default="qwen2.5-32b", choices=sorted(MODELS))
-    p.add_argument("--policy", default="gyges", help="gyges or a static layout name such as static-tp2, static-4+2+1+1")
+    p.add_argument("--policy", default="gyges", help="gyges, a static layout such as static-tp2, static-4+2+1+1, or a peer: "
+                   "llumnix, kunserve, flying-serving, loongserve")
     p.add_argument("--slo", nargs="+", default=["ttft:5x", "tpot:5x"])
     p.add_argument("--duration", type=float, default=None, help="keep only the trace's first this many seconds")
     p.add_argument("--block-size", dest="block_tokens", type=int, default=16,
@@ -44,13 +46,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=main)
 
 
-def policies(setup: Setup) -> dict[str, tuple]:
-    """Name -> (policy, per-host layout): Gyges from all-TP1, and every static candidate."""
-    out = {"gyges": (GygesPolicy(setup.cost()), (1,) * setup.host)}
+def policies(setup: Setup, longest_need: int) -> dict[str, tuple]:
+    """Name -> (policy, per-host layout, setup): Gyges from all-TP1, every static candidate, the peers."""
+    out = {"gyges": (GygesPolicy(setup.cost()), (1,) * setup.host, setup)}
     for name, sizes in layouts.candidates(setup.host, setup.max_tp).items():
         if setup.cost().kv_capacity_tokens(min(sizes)) > 0:  # every instance holds its weights
-            out[name] = (StaticPolicy(), sizes)
-    return out
+            out[name] = (StaticPolicy(), sizes, setup)
+    return out | peers(setup, longest_need)
 
 
 def unloaded_of(setup: Setup) -> Callable[[int, int], tuple[float, float]]:
@@ -94,7 +96,7 @@ def main(args) -> int:
     slo, trace = parse_slo(args.slo), load_trace(args.trace)
     if args.duration is not None:
         trace = [r for r in trace if r.arrival_s - trace[0].arrival_s < args.duration]
-    pols = policies(setup)
+    pols = policies(setup, max(r.input_len + r.output_len for r in trace))
     names = list(pols) if args.compare else [args.policy]
     if any(n not in pols for n in names):
         raise ValueError(f"unknown policy {args.policy!r}; choose from {', '.join(pols)}")
@@ -104,8 +106,8 @@ def main(args) -> int:
 
     def run(name: str, rate: float | None) -> tuple[dict, SimResult]:
         reqs = trace if rate is None else scale_trace(trace, time_scale_for_rate(trace, rate)).requests
-        pol, sizes = pols[name]
-        res = simulate(reqs, setup, pol, sizes, progress=True, give_up=probe)
+        pol, sizes, on = pols[name]
+        res = simulate(reqs, on, pol, sizes, progress=True, give_up=probe)
         return summary(res, slo, ref), res
 
     out, shown = {}, {}  # shown: each policy's run at its reported rate, for --plot

@@ -35,6 +35,7 @@ class Setup:
     max_batched_tokens: int = 8192
     stretch: bool = True
     max_stretch_s: float = 1.0
+    cost_model: type[CostModel] = CostModel  # a peer's variant (gyges.sim.peers)
 
     def __post_init__(self):
         if self.gpus % min(self.gpus, self.host_devices):
@@ -45,7 +46,7 @@ class Setup:
         return min(self.gpus, self.host_devices)
 
     def cost(self) -> CostModel:
-        return CostModel(ModelProfile.from_config(self.model, self.max_tp, DTYPE_BYTES), self.hw)
+        return self.cost_model(ModelProfile.from_config(self.model, self.max_tp, DTYPE_BYTES), self.hw)
 
     def layout(self) -> DeviceLayout:
         return device_layout(self.model, self.max_tp, self.block_tokens, DTYPE_BYTES, self.hw.memory_bytes)
