@@ -16,7 +16,7 @@ from gyges.sim import layouts
 from gyges.sim.peers import peers
 from gyges.sim.profiles import GPUS, MODELS, gpu, model
 from gyges.sim.run import GiveUp, Setup, SimResult, simulate, unloaded
-from gyges.sim.sweep import max_rate
+from gyges.sim.sweep import max_rate, spread_ties
 
 ATTAINMENT = 0.9  # the share of requests that must meet the SLO at a sustained rate
 
@@ -96,6 +96,7 @@ def main(args) -> int:
     slo, trace = parse_slo(args.slo), load_trace(args.trace)
     if args.duration is not None:
         trace = [r for r in trace if r.arrival_s - trace[0].arrival_s < args.duration]
+    trace = spread_ties(trace)
     pols = policies(setup, max(r.input_len + r.output_len for r in trace))
     names = list(pols) if args.compare else [args.policy]
     if any(n not in pols for n in names):
