@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.engine_throughput import export_hf_dir  # noqa: E402
 from gyges.bench.metrics import RequestRecord  # noqa: E402
 from gyges.bench.runner import BenchConfig, BenchResult, run_benchmark  # noqa: E402
-from gyges.bench.slo import Baseline, fit_baseline, meets_slo  # noqa: E402
+from gyges.bench.slo import Baseline, fit_baseline  # noqa: E402
 from gyges.bench.traces import load_trace  # noqa: E402
 from gyges.bench.workload import Workload, scale_trace, time_scale_for_rate, with_arrivals  # noqa: E402
 from gyges.memory.layout import device_layout, units_per_block  # noqa: E402
@@ -208,6 +208,10 @@ def at_rate(w: Workload, rate: float) -> Workload:
     return replace(w, requests=with_arrivals(w.requests, [r.arrival_s * ts for r in w.requests]))
 
 
+def at_once(w: Workload) -> Workload:
+    return replace(w, requests=with_arrivals(w.requests, [0.0] * len(w.requests)))
+
+
 def subset(w: Workload, idx: list[int]) -> Workload:
     return replace(w, requests=[w.requests[i] for i in idx])
 
@@ -216,11 +220,12 @@ def subset(w: Workload, idx: list[int]) -> Workload:
 
 def unloaded(s: Setup, url: str, tp: int) -> list[tuple[int, float, float | None]]:
     """(prompt length, TTFT, TPOT) of requests whose smallest instance is TP `tp`, sent one at a
-    time to `url`, a static all-TP`tp` server (at most --baseline-requests, spread over the slice)."""
+    time to `url`, a static all-TP`tp` server (at most --baseline-requests, spread over the slice),
+    each as soon as the one before it finished."""
     idx = [i for i in range(len(s.workload.requests)) if s.degree(i) == tp]
     idx = sorted({idx[j] for j in np.linspace(0, len(idx) - 1, min(len(idx), s.args.baseline_requests), dtype=int)})
     out = []
-    for rec in run(s, url, subset(s.workload, idx), concurrency=1).result.records:
+    for rec in run(s, url, subset(at_once(s.workload), idx), concurrency=1).result.records:
         if not rec.success:
             raise RuntimeError(f"an unloaded request failed on TP{tp}: {rec.error}")
         out.append((rec.prompt_len, rec.ttft_s, rec.tpot_s if rec.output_tokens > 1 else None))
@@ -238,13 +243,12 @@ def throughput(s: Setup, url: str, w: Workload) -> list[float]:
     return out
 
 
-def summary(r: Run, baseline: Baseline, rate: float) -> dict:
+def summary(r: Run, rate: float) -> dict:
     recs, m = r.result.records, r.result.metrics
     ok = [x for x in recs if x.success]
     ttft = [x.ttft_s for x in ok] or [math.nan]
     tpot = [x.tpot_s for x in ok if x.output_tokens > 1] or [math.nan]
-    met = sum(meets_slo(x.prompt_len, x.ttft_s if x.success else None,
-                        x.tpot_s if x.success and x.output_tokens > 1 else None, SLO, baseline) for x in recs)
+    met = round(r.result.slo_attainment * len(recs))
     rejected = sum(not x.success and x.status in (400, 503) for x in recs)
     return {"rate": rate, "slo_attainment": met / len(recs), "throughput_tok_s": m.total_token_throughput,
             "output_tok_s": m.output_throughput, "goodput_req_s": met / m.duration_s,
@@ -285,7 +289,7 @@ def compare(s: Setup) -> tuple[dict, dict]:
     degrees = sorted({s.degree(i) for i in range(len(s.workload.requests))}, reverse=True)
     work = [r.input_len + r.output_len for r in s.workload.requests]
     w_merge = sum(n for i, n in enumerate(work) if s.degree(i) > 1) / sum(work)
-    burst = subset(replace(s.workload, requests=with_arrivals(s.workload.requests, [0.0] * len(work))), fits)
+    burst = subset(at_once(s.workload), fits)
 
     def phase(name: str, t0: float):
         s.phases[name] = s.phases.get(name, 0.0) + time.perf_counter() - t0
@@ -306,7 +310,7 @@ def compare(s: Setup) -> tuple[dict, dict]:
         def attempt(rate: float) -> dict:
             r = run(s, url, at_rate(s.workload, rate), baseline=baseline)
             runs[(name, rate)] = r
-            out = summary(r, baseline, rate)
+            out = summary(r, rate)
             print(f"    {name:<14} {rate:7.3f} req/s: SLO {100 * out['slo_attainment']:5.1f}%  "
                   f"{out['throughput_tok_s']:7.1f} tok/s  TTFT p50 {out['ttft_p50_s']:.3f} s  "
                   f"rejected {out['rejected']}  failed {out['failed']}  transformations {out['transformations']}",
@@ -488,6 +492,7 @@ def main():
             out, runs = compare(s)
             out["phases_s"] = s.phases | {"total": time.perf_counter() - t0}
             out["threads_per_device"] = s.threads
+            out["load_avg_1min"] = os.getloadavg()[0]  # at the end: other work on the machine skews every rate
             results[s.key] = out
             plot(s.key, out, runs, s.capacity[1])
             print(table(s.key, out), flush=True)

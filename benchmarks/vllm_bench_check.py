@@ -97,7 +97,7 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "results" / "vllm_bench_check.json"))
     args = ap.parse_args()
     stop_on_sigterm()
-    t_all = time.perf_counter()
+    t_all, load0 = time.perf_counter(), os.getloadavg()[0]
     failure = vllm_cpu._ensure_venv(args.venv)
     if failure is not None:
         raise SystemExit(failure["error"])
@@ -119,16 +119,17 @@ def main():
     ratios = {k: med["vllm"][k] / med["gyges"][k] for k in COMPARED}
     ok = all(abs(r - 1) <= TOLERANCE for r in ratios.values()) and all(
         r["failed"] == 0 and r["completed"] == args.requests for r in runs["vllm"])
-    print(f"{'metric':<24}{'gyges bench':>14}{'vllm bench':>14}{'vllm/gyges':>12}{'spread (min-max)':>30}")
+    print(f"{'metric':<24}{'gyges bench':>14}{'vllm bench':>14}{'vllm/gyges':>12}   spread (min-max) gyges / vllm")
     for k in COMPARED:
-        spread = "  ".join(f"{min(r[k] for r in runs[c]):.2f}-{max(r[k] for r in runs[c]):.2f}" for c in runs)
-        print(f"{k:<24}{med['gyges'][k]:>14.2f}{med['vllm'][k]:>14.2f}{ratios[k]:>12.3f}{spread:>30}")
+        spread = " / ".join(f"{min(r[k] for r in runs[c]):.2f}-{max(r[k] for r in runs[c]):.2f}" for c in runs)
+        print(f"{k:<24}{med['gyges'][k]:>14.2f}{med['vllm'][k]:>14.2f}{ratios[k]:>12.3f}   {spread}")
     print(f"vLLM client: {sum(r['completed'] for r in runs['vllm'])} completed, "
           f"{sum(r['failed'] for r in runs['vllm'])} failed; agree within {TOLERANCE:.0%}: {ok}")
     out = {"trace": args.trace, "requests": args.requests, "length_scale": args.length_scale, "rate": args.rate,
            "devices": args.devices, "device_memory": args.device_memory, "policy": args.policy, "dtype": args.dtype,
            "vllm_version": vllm_cpu.VLLM_CPU_VERSION, "tolerance": TOLERANCE, "runs": runs, "median": med,
-           "ratio_vllm_over_gyges": ratios, "agree": ok, "seconds": time.perf_counter() - t_all}
+           "ratio_vllm_over_gyges": ratios, "agree": ok, "seconds": time.perf_counter() - t_all,
+           "load_avg_1min": [load0, os.getloadavg()[0]]}  # other work on the machine skews both clients
     Path(args.out).parent.mkdir(exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out} in {out['seconds']:.0f} s")
