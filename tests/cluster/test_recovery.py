@@ -42,6 +42,7 @@ def test_a_crash_after_a_merge_restarts_in_the_merged_layout_and_the_long_reques
         for _ in range(3):
             c.step()
         c.workers[3].proc.kill()  # a worker the long request does not use
+        c.workers[3].proc.join(10)
         while c.has_work:
             c.step()
         assert [i.devices for i in c.instances] == [[0, 1], [2], [3]]
