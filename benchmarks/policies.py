@@ -136,6 +136,20 @@ def _get(url: str, timeout: float = 10.0) -> dict:
         return json.loads(resp.read())
 
 
+def _post(url: str, body: dict, timeout: float = 600.0) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def split_to_tp1(url: str):
+    """Split every merged instance of an idle Gyges server back into TP1 instances, the layout it
+    starts in, so every rate of a sweep starts alike (operator endpoint)."""
+    for inst in _get(f"{url}/v1/cluster")["instances"]:
+        if inst["tp"] > 1:
+            _post(f"{url}/v1/cluster/split", {"device": inst["devices"][0], "parts": inst["tp"]})
+
+
 @contextmanager
 def serve(model: Path, flags: list[str], start_timeout: float = 600.0) -> Iterator[str]:
     """`gyges serve MODEL FLAGS` on a free port, up once /health answers; SIGTERM on exit."""
@@ -176,6 +190,7 @@ def serve_setup(s: Setup, policy: str, layout: tuple[int, ...] | None = None, ma
     flags = ["--devices", str(s.devices), "--max-tp", str(max_tp or s.devices), "--device-memory",
              str(s.device_memory), "--dtype", s.args.dtype, "--block-size", str(s.args.block_size),
              "--threads-per-device", str(s.threads), "--served-model-name", s.name, "--policy", policy]
+    flags += ["--enable-operator-endpoints"] if policy == "gyges" else []
     with serve(s.model, flags + (["--static-layout", ",".join(map(str, layout))] if layout else []),
                s.args.start_timeout) as url:
         s.phases["of which server starts"] = s.phases.get("of which server starts", 0.0) + time.perf_counter() - t0
@@ -221,8 +236,10 @@ def subset(w: Workload, idx: list[int]) -> Workload:
 def unloaded(s: Setup, url: str, tp: int) -> list[tuple[int, float, float | None]]:
     """(prompt length, TTFT, TPOT) of requests whose smallest instance is TP `tp`, sent one at a
     time to `url`, a static all-TP`tp` server (at most --baseline-requests, spread over the slice),
-    each as soon as the one before it finished."""
+    each as soon as the one before it finished. Requests of one output token have no TPOT, so
+    those with more are taken where there are any (TTFT does not depend on the output)."""
     idx = [i for i in range(len(s.workload.requests)) if s.degree(i) == tp]
+    idx = [i for i in idx if s.workload.requests[i].output_len > 1] or idx
     idx = sorted({idx[j] for j in np.linspace(0, len(idx) - 1, min(len(idx), s.args.baseline_requests), dtype=int)})
     out = []
     for rec in run(s, url, subset(at_once(s.workload), idx), concurrency=1).result.records:
@@ -308,6 +325,8 @@ def compare(s: Setup) -> tuple[dict, dict]:
             baseline.ttft(r.input_len) + baseline.tpot(r.input_len) * (r.output_len - 1) for r in s.workload.requests)
 
         def attempt(rate: float) -> dict:
+            if name == "gyges":
+                split_to_tp1(url)
             r = run(s, url, at_rate(s.workload, rate), baseline=baseline)
             runs[(name, rate)] = r
             out = summary(r, rate)
