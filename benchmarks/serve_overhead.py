@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,13 +32,11 @@ from gyges.engine.sequence import SamplingParams  # noqa: E402
 from tests.server.conftest import start_server, stop_server  # noqa: E402
 
 
-def offline(cfg: ClusterConfig, prompts: list[list[int]], new_tokens: int) -> float:
-    with Cluster(cfg) as cluster:
-        params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-        cluster.generate(prompts[:2], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))  # warm-up
-        t0 = time.perf_counter()
-        outs = cluster.generate(prompts, params)
-        wall = time.perf_counter() - t0
+def offline(cluster: Cluster, prompts: list[list[int]], new_tokens: int) -> float:
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    t0 = time.perf_counter()
+    outs = cluster.generate(prompts, params)
+    wall = time.perf_counter() - t0
     assert all(len(o.token_ids) == new_tokens for o in outs), "a request did not generate every token"
     return wall
 
@@ -58,21 +57,11 @@ async def _stream(client: httpx.AsyncClient, prompt: list[int], new_tokens: int)
 async def _all_streams(url: str, prompts: list[list[int]], new_tokens: int) -> float:
     limits = httpx.Limits(max_connections=len(prompts))
     async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
-        await _stream(client, prompts[0][:8], 2)  # warm-up
         t0 = time.perf_counter()
         counts = await asyncio.gather(*(_stream(client, p, new_tokens) for p in prompts))
         wall = time.perf_counter() - t0
     assert all(c == new_tokens for c in counts), f"a stream did not generate every token: {counts}"
     return wall
-
-
-def served(args, prompts: list[list[int]]) -> float:
-    server = start_server(args.model, "--devices", str(args.devices), "--device-memory", args.device_memory, "--dtype", args.dtype,
-                          "--max-num-seqs", str(args.requests), "--policy", "static")
-    try:
-        return asyncio.run(_all_streams(server.url, prompts, args.new_tokens))
-    finally:
-        stop_server(server)
 
 
 def main():
@@ -84,6 +73,7 @@ def main():
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved offline/server runs; medians reported")
     p.add_argument("--out", default=str(ROOT / "results" / "serve_overhead.json"))
     args = p.parse_args()
     cfg = ClusterConfig(model=args.model, devices=args.devices, device_memory=args.device_memory, dtype=args.dtype,
@@ -91,22 +81,37 @@ def main():
     rng = random.Random(0)
     prompts = [[rng.randrange(100, 400) for _ in range(args.prompt_tokens)] for _ in range(args.requests)]
     total = args.requests * args.new_tokens
-    offline_s = offline(cfg, prompts, args.new_tokens)
-    server_s = served(args, prompts)
-    rows = [("offline (Cluster.generate)", offline_s), ("server (HTTP streams)", server_s)]
+    warm = prompts[:2]
+    offline_s, server_s = [], []
+    server = start_server(args.model, "--devices", str(args.devices), "--device-memory", args.device_memory,
+                          "--dtype", args.dtype, "--max-num-seqs", str(args.requests), "--policy", "static")
+    try:
+        with Cluster(cfg) as cluster:  # both up, used in turn: an idle one sleeps
+            offline(cluster, warm, 2)
+            asyncio.run(_all_streams(server.url, warm, 2))
+            for _ in range(args.repeats):
+                offline_s.append(offline(cluster, prompts, args.new_tokens))
+                server_s.append(asyncio.run(_all_streams(server.url, prompts, args.new_tokens)))
+    finally:
+        stop_server(server)
+    ratios = sorted(o / s for o, s in zip(offline_s, server_s))
     print(f"{args.requests} requests x {args.new_tokens} tokens, {args.devices} device(s), {args.dtype}, "
-          f"{os.cpu_count()} cores shared by the client and the server")
-    print(f"{'path':<28}{'wall s':>10}{'tok/s':>10}")
-    for name, wall in rows:
-        print(f"{name:<28}{wall:>10.2f}{total / wall:>10.1f}")
-    ratio = offline_s / server_s
-    print(f"server / offline throughput: {ratio:.1%} (target >= 90%)")
+          f"{os.cpu_count()} cores shared by the client and the server; {args.repeats} interleaved repeats")
+    print(f"{'path':<28}{'median tok/s':>14}{'min':>9}{'max':>9}")
+    for name, walls in (("offline (Cluster.generate)", offline_s), ("server (HTTP streams)", server_s)):
+        tps = sorted(total / w for w in walls)
+        print(f"{name:<28}{statistics.median(tps):>14.1f}{tps[0]:>9.1f}{tps[-1]:>9.1f}")
+    ratio = statistics.median(ratios)
+    print(f"server / offline throughput: median {ratio:.1%} (per repeat {ratios[0]:.1%} to {ratios[-1]:.1%}; "
+          f"target >= 90%)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(), "host": platform.node(),
-                               "cores": os.cpu_count(), "args": vars(args), "offline_s": offline_s,
-                               "server_s": server_s, "offline_tok_s": total / offline_s,
-                               "server_tok_s": total / server_s, "ratio": ratio}, indent=1))
+                               "cores": os.cpu_count(), "loadavg": os.getloadavg(), "args": vars(args),
+                               "offline_s": offline_s, "server_s": server_s,
+                               "offline_tok_s": total / statistics.median(offline_s),
+                               "server_tok_s": total / statistics.median(server_s), "ratio": ratio,
+                               "ratios": ratios}, indent=1))
     print(f"wrote {out}")
 
 
