@@ -119,6 +119,7 @@ class Controller:
         self.instances = self._layout_instances(sizes)
         self.held: list[Sequence] = []
         self.pending: Pending | None = None
+        self.refused: dict[tuple[int, ...], ps.Refusal] = {}  # the latest refusal of each group, for the policy
         self.history: deque[TransformRecord] = deque(maxlen=HISTORY)
         self.reports: deque[TransformReport] = deque(maxlen=HISTORY)
         self.failures: deque[tuple[float, str]] = deque(maxlen=HISTORY)
@@ -415,7 +416,7 @@ class Controller:
         n = sum(self.sizes)
         caps = {t: self.capacity_tokens(t) for t in (1 << k for k in range(self.cfg.max_tp.bit_length()))}
         return ps.Snapshot(self.backend.now(), n, self.cfg.max_tp, min(self.cfg.host_devices, n), caps, insts,
-                           tuple(self._view(s) for s in self.held), pending)
+                           tuple(self._view(s) for s in self.held), pending, tuple(self.refused.values()))
 
     def _tick(self):
         if self.backend.now() >= self._next_tick:
@@ -489,6 +490,14 @@ class Controller:
             self.start_transform(kind, devices, parts, reason, precopy)
         except TransformError as e:  # refused: not a failure; the policy sees nothing changed
             log.info("%s of %s refused: %s", kind, devices, e)
+            self._refused(devices)
+
+    def _refused(self, devices):
+        """Remember a refusal so the policy does not propose it again until its requests change."""
+        key = tuple(sorted(devices))
+        running = frozenset(s.id for i in self.instances if set(i.devices) <= set(key) for s in i.scheduler.running)
+        self.refused.pop(key, None)  # re-inserted last: the dict stays oldest first
+        self.refused[key] = ps.Refusal(key, self.backend.now(), running)
 
     def _drive_transition(self, sync: bool = False):
         p = self.pending
@@ -511,6 +520,7 @@ class Controller:
             self.pending = None
             p.future.set_exception(e)
             log.info("%s refused at the switch: %s", tr.kind, e)
+            self._refused(tr.devices)
             return
         p.phase_in_flight, p.phase_t0 = True, self.backend.now()
         self.backend.launch_phase(PhaseKey("switch", p), tr.devices, sends, nbytes)

@@ -12,11 +12,13 @@ class PolicyConfig:
     split_max_utilization: float = 0.5  # a split leaves no part more promised than this (or than the busiest
                                         # other instance): the hysteresis band below merging's 100%
     switch_tokens: int = 16       # KV tokens per request left for the switch after pre-copy (about a block)
+    refusal_retry_s: float = 5.0  # a refused merge or split is proposed again after this long, or as soon as
+                                  # the requests running on its devices change
 
     def __post_init__(self):
         if self.output_estimate < 1 or self.max_num_seqs < 1 or self.switch_tokens < 0:
             raise ValueError("output_estimate and max_num_seqs must be positive, switch_tokens non-negative")
-        if self.min_dwell_s < 0 or self.gain_margin < 0:
-            raise ValueError("min_dwell_s and gain_margin must be non-negative")
+        if self.min_dwell_s < 0 or self.gain_margin < 0 or self.refusal_retry_s < 0:
+            raise ValueError("min_dwell_s, gain_margin and refusal_retry_s must be non-negative")
         if not 0 < self.split_max_utilization <= 1:
             raise ValueError(f"split_max_utilization must be in (0, 1], got {self.split_max_utilization}")

@@ -8,8 +8,9 @@ from dataclasses import replace
 
 from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel
-from gyges.policy.load import freeness
-from gyges.policy.reshape import best_split, degrees, merge_for, pressure_merge
+from gyges.policy.load import freeness, room
+from gyges.policy.reshape import (Group, best_split, blocked_groups, degrees, free_after_merge, merge_for,
+                                  pressure_merge, price_merge, wait_for_room)
 from gyges.policy.snapshot import (Action, Arrival, Event, Hold, InstanceView, Merge, Reject, RequestView, Route,
                                    Snapshot, Split)
 
@@ -23,12 +24,14 @@ def route_target(instances: tuple[InstanceView, ...], need: int) -> InstanceView
 
 class _Plan:
     """The snapshot as this decision changes it: routed requests join their instance's queue, and the
-    instances of a transformation started now take no more requests."""
+    instances of a transformation started now take no more requests; groups the planner refused
+    lately are not proposed again (see `blocked_groups`)."""
 
-    def __init__(self, snap: Snapshot):
+    def __init__(self, snap: Snapshot, refusal_retry_s: float):
         self.snap = snap
         self._instances = {i.id: i for i in snap.instances}
         self.busy = snap.pending is not None
+        self.blocked = blocked_groups(snap, snap.instances, refusal_retry_s)
 
     @property
     def instances(self) -> tuple[InstanceView, ...]:
@@ -56,7 +59,7 @@ class StaticPolicy:
         self.config = config or PolicyConfig()
 
     def decide(self, snap: Snapshot, event: Event) -> list[Action]:
-        plan = _Plan(snap)
+        plan = _Plan(snap, self.config.refusal_retry_s)
         actions: list[Action] = []
         for r in _offered(snap, event):
             actions += self._place(plan, r)
@@ -97,12 +100,48 @@ class GygesPolicy(StaticPolicy):
         tp = degrees(snap)[-1]
         return snap.kv_capacity_by_tp[tp], f"the largest instance this cluster can form (TP{tp})"
 
+    def _place(self, plan: _Plan, r: RequestView) -> list[Action]:
+        """Among instances that can hold it, those with room for it now come first; when none has room,
+        a second instance of the needed degree may be merged rather than queueing it (`_queue_or_merge`)."""
+        holders = [i for i in plan.instances if not i.transforming and i.kv_capacity_tokens >= r.need_tokens]
+        roomy = tuple(i for i in holders if room(i) >= r.need_tokens)
+        if roomy:
+            return [plan.route(r, route_target(roomy, r.need_tokens))]
+        return (self._queue_or_merge(plan, r, holders) if holders else None) or super()._place(plan, r)
+
+    def _queue_or_merge(self, plan: _Plan, r: RequestView, holders: list[InstanceView]) -> list[Action] | None:
+        """Every instance that can hold `r` is full: hold it for a merge of an aligned group of the
+        smallest degree that holds it, with room for it now (chosen as forced merges are), when queueing
+        on the instance that frees room first would take longer than that merge. None: queue it."""
+        snap, need = plan.snap, r.need_tokens
+        wait = min(wait_for_room(self.cost, i, need, self.config.max_num_seqs) for i in holders)
+        if plan.busy:
+            p = snap.pending
+            if p is None or p.kind != "merge":
+                return None
+            group = Group(p.devices, tuple(i for i in plan.instances if set(i.devices) <= set(p.devices)))
+            left = price_merge(self.cost, snap, group, self.config).cost.time_s - (snap.time - p.started)
+            if free_after_merge(snap, group) < need or wait <= left:
+                return None
+            return [Hold(r.id, f"needs {need} KV tokens: waiting for the merge of devices {list(p.devices)}")]
+        tp = next(t for t in degrees(snap) if snap.kv_capacity_by_tp[t] >= need)
+        group = merge_for(snap, plan.instances, need, plan.blocked)
+        if group is None or group.tp != tp or free_after_merge(snap, group) < need:
+            return None
+        took = price_merge(self.cost, snap, group, self.config).cost.time_s
+        if wait <= took:
+            return None
+        plan.start(group.devices)
+        return [Merge(group.devices, f"request {r.id} needs {need} KV tokens: the instances that hold it "
+                                     f"have room in {wait:.1f} s, a merge takes {took:.1f} s"),
+                Hold(r.id, f"waiting for the merge of devices {list(group.devices)}")]
+
     def _no_room(self, plan: _Plan, r: RequestView) -> list[Action]:
         """No instance can ever hold it as it is: merge the group that will (forced, so no cost test:
         the alternative is never serving it), and hold the request until the merged instance is up."""
         if plan.busy:
             return [Hold(r.id, f"needs {r.need_tokens} KV tokens: waiting for the transformation in progress")]
-        group = merge_for(plan.snap, plan.instances, r.need_tokens)
+        group = merge_for(plan.snap, plan.instances, r.need_tokens, plan.blocked)
         if group is None:
             return [Hold(r.id, f"needs {r.need_tokens} KV tokens: no group of idle instances can merge yet")]
         plan.start(group.devices)
@@ -112,12 +151,12 @@ class GygesPolicy(StaticPolicy):
     def _reshape(self, plan: _Plan) -> list[Action]:
         if plan.busy:
             return []
-        merge = pressure_merge(self.cost, plan.snap, plan.instances, self.config)
+        merge = pressure_merge(self.cost, plan.snap, plan.instances, self.config, plan.blocked)
         if merge is not None:
             plan.start(merge.group.devices)
             return [Merge(merge.group.devices, f"KV-starved instances: merged serves {merge.after:.0f} tokens/s "
                                                f"instead of {merge.before:.0f}")]
-        split = best_split(self.cost, plan.snap, plan.instances, self.config)
+        split = best_split(self.cost, plan.snap, plan.instances, self.config, plan.blocked)
         if split is not None:
             inst = split.group.members[0]
             plan.start(inst.devices)

@@ -1,4 +1,5 @@
 """Which merge or split to start, if any: pure choices over a snapshot, priced by the cost model."""
+import math
 from dataclasses import dataclass
 
 from gyges.policy.config import PolicyConfig
@@ -27,8 +28,19 @@ def degrees(snap: Snapshot) -> list[int]:
     return [t for t in sorted(snap.kv_capacity_by_tp) if t <= min(snap.max_tp, snap.host_devices)]
 
 
-def mergeable(snap: Snapshot, instances: tuple[InstanceView, ...], tp: int) -> list[Group]:
-    """Aligned groups of `tp` devices in one host covering two or more whole instances, none transforming."""
+def blocked_groups(snap: Snapshot, instances: tuple[InstanceView, ...], retry_s: float) -> frozenset[tuple[int, ...]]:
+    """Device groups whose transformation the planner refused less than `retry_s` ago, with the same
+    requests still running on them: the planner would refuse it again."""
+    def running(devices) -> frozenset[int]:
+        return frozenset(r.id for i in instances if set(i.devices) <= set(devices) for r in i.running)
+    return frozenset(f.devices for f in snap.refused
+                     if snap.time - f.time < retry_s and running(f.devices) == f.running)
+
+
+def mergeable(snap: Snapshot, instances: tuple[InstanceView, ...], tp: int,
+              blocked: frozenset[tuple[int, ...]] = frozenset()) -> list[Group]:
+    """Aligned groups of `tp` devices in one host covering two or more whole instances, none transforming
+    nor `blocked`."""
     out = []
     for start in range(0, snap.devices - tp + 1, tp):
         if start // snap.host_devices != (start + tp - 1) // snap.host_devices:
@@ -36,7 +48,7 @@ def mergeable(snap: Snapshot, instances: tuple[InstanceView, ...], tp: int) -> l
         span = range(start, start + tp)
         members = tuple(i for i in instances if any(d in span for d in i.devices))
         if (sum(m.tp for m in members) == tp and len(members) > 1 and all(set(m.devices) <= set(span) for m in members)
-                and not any(m.transforming for m in members)):
+                and not any(m.transforming for m in members) and tuple(span) not in blocked):
             out.append(Group(tuple(span), members))
     return out
 
@@ -46,19 +58,42 @@ def kv_to_move(group: Group) -> float:
     return sum(r.computed_tokens * (1 - m.tp / group.tp) for m in group.members for r in m.running)
 
 
-def merge_for(snap: Snapshot, instances: tuple[InstanceView, ...], need: int) -> Group | None:
+def merge_for(snap: Snapshot, instances: tuple[InstanceView, ...], need: int,
+              blocked: frozenset[tuple[int, ...]] = frozenset()) -> Group | None:
     """The group to merge for a request no instance can hold: the smallest degree whose instance holds
     it; among its groups, first one with room for it now (else it waits for work to drain), then the
     least KV to move (a shorter transformation), then the least work left (fewer requests stalled)."""
     for tp in degrees(snap):
         cap = snap.kv_capacity_by_tp[tp]
-        groups = mergeable(snap, instances, tp) if cap >= need else []
+        groups = mergeable(snap, instances, tp, blocked) if cap >= need else []
         if groups:
             def key(g: Group):
-                return (cap - sum(promised(m) for m in g.members) < need, kv_to_move(g),
+                return (free_after_merge(snap, g) < need, kv_to_move(g),
                         sum(remaining_work(m) for m in g.members), g.devices[0])
             return min(groups, key=key)
     return None
+
+
+def free_after_merge(snap: Snapshot, group: Group) -> int:
+    """KV tokens the merged instance has left once its members' requests grow to their needs."""
+    return snap.kv_capacity_by_tp[group.tp] - sum(promised(m) for m in group.members)
+
+
+def wait_for_room(cost: CostModel, inst: InstanceView, need: int, max_batch: int) -> float:
+    """Seconds until `inst` has room for `need` more KV tokens. A lower bound, kept simple: all its
+    requests (queued ones too) decode from now, one token a step at the step time of its present batch,
+    and each frees the KV it was promised when it reaches its need, shortest remainder first."""
+    short = need - room(inst)
+    if short <= 0:
+        return 0.0
+    reqs = sorted(requests_of(inst), key=lambda r: r.need_tokens - r.computed_tokens)
+    batch = [max(r.computed_tokens, r.prompt_tokens) for r in reqs][:max_batch]
+    freed = 0
+    for r in reqs:
+        freed += r.need_tokens
+        if freed >= short:
+            return cost.decode_time(inst.tp, batch, r.need_tokens - r.computed_tokens)
+    return math.inf  # its requests' needs do not add up to what it lacks: nothing known will free it
 
 
 @dataclass(frozen=True)
@@ -99,14 +134,14 @@ def price_merge(cost: CostModel, snap: Snapshot, group: Group, config: PolicyCon
 
 
 def pressure_merge(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, ...],
-                   config: PolicyConfig) -> Reshape | None:
+                   config: PolicyConfig, blocked: frozenset[tuple[int, ...]] = frozenset()) -> Reshape | None:
     """A merge that pays although every request fits somewhere: instances overcommitted on KV run
     small batches, and one merged instance (which also turns the weight shards it drops into KV) may
     serve more. Only groups whose members are all starved qualify: at light load a merged instance
     steps faster, but the load, not the step rate, bounds what is served, and an idle member serves
     the next arrivals better on its own. The smallest degree that pays wins, then the largest gain."""
     for tp in degrees(snap)[1:]:
-        priced = [price_merge(cost, snap, g, config) for g in mergeable(snap, instances, tp)
+        priced = [price_merge(cost, snap, g, config) for g in mergeable(snap, instances, tp, blocked)
                   if all(room(m) < 0 for m in g.members)]
         worth = [r for r in priced if r.worth(config)]
         if worth:
@@ -150,13 +185,14 @@ def price_split(cost: CostModel, snap: Snapshot, inst: InstanceView, parts: int,
 
 
 def best_split(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, ...],
-               config: PolicyConfig) -> Reshape | None:
+               config: PolicyConfig, blocked: frozenset[tuple[int, ...]] = frozenset()) -> Reshape | None:
     """A split of a merged instance that has served its dwell time, whose requests all fit the parts,
     that keeps the balance (a long request left alone at 90% of a part, beside instances half full,
     keeps it merged: the next long arrival would merge it again), and whose parts serve more."""
     best = None
     for inst in instances:
-        if inst.tp == 1 or inst.transforming or snap.time - inst.formed_at < config.min_dwell_s:
+        if (inst.tp == 1 or inst.transforming or inst.devices in blocked
+                or snap.time - inst.formed_at < config.min_dwell_s):
             continue
         others = [utilization(i) for i in instances if i is not inst and not i.transforming]
         for t in (t for t in degrees(snap) if t < inst.tp):

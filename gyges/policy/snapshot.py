@@ -40,6 +40,15 @@ class PendingTransform:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A merge or split the planner refused (no room for the KV it must move): proposing it again
+    before anything on its devices changed would only repeat the planner's work."""
+    devices: tuple[int, ...]           # every device it would have involved
+    time: float
+    running: frozenset[int]            # ids of the requests running on those devices then
+
+
+@dataclass(frozen=True)
 class Snapshot:
     time: float
     devices: int
@@ -49,6 +58,7 @@ class Snapshot:
     instances: tuple[InstanceView, ...]
     held: tuple[RequestView, ...] = ()         # requests the policy held (waiting for a merge)
     pending: PendingTransform | None = None
+    refused: tuple[Refusal, ...] = ()          # the latest refusal of each group, oldest first
 
 
 # events

@@ -123,6 +123,22 @@ def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq
     return moves, seq_pages, freed
 
 
+def _check_room(seqs: list[SeqKV], old: list[list[int]], merged: list[int], max_tp: int,
+                pools: dict[int, set[int]], placed: Placed):
+    """Refuse at once, before any page is taken, when a device must receive more units than it has
+    free pages (at GPU page counts, finding out by allocating costs about a second)."""
+    need = dict.fromkeys(pools, 0)
+    for s in seqs:
+        for g, blocks in enumerate(s.pages):
+            src, dst = owner_of(old[s.instance], max_tp, g), owner_of(merged, max_tp, g)
+            if src != dst:
+                need[dst] += len(blocks) - sum(placed.get((s.seq_id, g, b), (None,))[0] == p
+                                               for b, p in enumerate(blocks)) if placed else len(blocks)
+    for d, n in need.items():
+        if n > len(pools[d]):
+            raise TransformError(f"device {d} has {len(pools[d])} free pages for the {n} KV units it must receive")
+
+
 def plan_merge(layout: DeviceLayout, instances: list[list[int]], seqs: list[SeqKV],
                free: dict[int, list[int]], placed: Placed | None = None) -> TransformPlan:
     """k aligned instances of TP t (devices in rank order) become one instance of TP k*t."""
@@ -144,6 +160,7 @@ def plan_merge(layout: DeviceLayout, instances: list[list[int]], seqs: list[SeqK
         released = [p for g in old_g if g not in new_g for p in layout.slab_pages_of(g)]
         assert set(kept) <= set(layout.weight_pages(len(old_inst), old_inst.index(d)))
         pools_init[d] = set(free[d]) | set(released)
+    _check_room(seqs, instances, merged, max_tp, pools_init, placed or {})
     seq_instance = {s.seq_id: 0 for s in seqs}
     pools = _Pools(layout, pools_init)
     moves, seq_pages, freed = _relocate(seqs, instances, [merged], seq_instance, max_tp, pools, {}, placed or {})

@@ -5,8 +5,8 @@ from gyges.model.config import ModelConfig
 from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel, HardwareProfile, ModelProfile
 from gyges.policy.policy import GygesPolicy, StaticPolicy
-from gyges.policy.reshape import keeps_balance, pack
-from gyges.policy.snapshot import (Arrival, Finished, Hold, InstanceView, Merge, PendingTransform, Reject,
+from gyges.policy.reshape import keeps_balance, pack, wait_for_room
+from gyges.policy.snapshot import (Arrival, Finished, Hold, InstanceView, Merge, PendingTransform, Refusal, Reject,
                                    RequestView, Route, Snapshot, Split, StepDone, Tick, TransformDone)
 
 CONFIG = ModelConfig(arch="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
@@ -34,8 +34,8 @@ def inst(first: int, tp: int = 1, running=(), waiting=(), formed_at: float = 0.0
                         tuple(waiting), formed_at, transforming)
 
 
-def snap(*instances, time=0.0, held=(), pending=None, host=4) -> Snapshot:
-    return Snapshot(time, 4, 4, host, dict(CAP), tuple(instances), tuple(held), pending)
+def snap(*instances, time=0.0, held=(), pending=None, host=4, refused=()) -> Snapshot:
+    return Snapshot(time, 4, 4, host, dict(CAP), tuple(instances), tuple(held), pending, tuple(refused))
 
 
 def tp1s(**loads):
@@ -126,10 +126,81 @@ def test_merge_covers_whole_instances():
     """A TP2 instance on 0-1 can only join a TP4 merge; the TP1 pair 2-3 is the TP2 candidate."""
     big = inst(0, 2, running=[req(1, 1000, 500)])
     assert merge_of(POLICY.decide(snap(big, inst(2), inst(3)), Arrival(req(9, CAP[2] + 1)))).devices == (0, 1, 2, 3)
-    busy = inst(0, 2, running=[req(1, CAP[2] - 10, 500)])
-    actions = POLICY.decide(snap(busy, inst(2), inst(3)), Arrival(req(9, LONG)))
-    assert actions == [Route(9, 0)]  # the TP2 instance can hold it once its work drains: no merge
-    # (it is now overcommitted, but the idle TP1 pair is not: no merge under pressure either)
+
+
+# a full merged instance: queue there, or merge a second one
+
+MERGE_S = COST.transform_cost(0, 0, 2).time_s  # an idle TP1 pair merges in the switch overhead alone
+
+
+def full_tp2(left: int) -> InstanceView:
+    """A TP2 instance whose three long requests each have `left` tokens to go: no room for a fourth."""
+    return inst(0, 2, running=[req(i, LONG, LONG - left) for i in range(3)])
+
+
+def test_a_long_request_merges_a_second_pair_rather_than_queue_behind_a_full_one():
+    tp2 = full_tp2(left=20000)
+    assert wait_for_room(COST, tp2, LONG, 64) > MERGE_S
+    actions = POLICY.decide(snap(tp2, inst(2), inst(3)), Arrival(req(9, LONG)))
+    assert merge_of(actions).devices == (2, 3) and "room in" in merge_of(actions).reason
+    assert actions[-1] == Hold(9, actions[-1].reason) and "merge" in actions[-1].reason
+
+
+def test_a_long_request_queues_where_room_frees_sooner_than_a_merge_takes():
+    tp2 = full_tp2(left=1)
+    assert 0 < wait_for_room(COST, tp2, LONG, 64) < MERGE_S
+    assert POLICY.decide(snap(tp2, inst(2), inst(3)), Arrival(req(9, LONG))) == [Route(9, 0)]
+
+
+def test_no_second_merge_when_the_pair_has_no_room_either():
+    busy = ([req(1, 60000, 30000)], [req(2, 60000)])
+    s = snap(full_tp2(left=20000), *tp1s(i2=busy, i3=busy)[2:])
+    assert POLICY.decide(s, Arrival(req(9, LONG)))[0] == Route(9, 0)  # (a pressure merge of the pair may follow)
+
+
+def test_a_merged_instance_with_room_is_preferred_to_a_full_one():
+    """After the second merge, the held request goes to the new instance, not behind the full one."""
+    s = snap(full_tp2(left=20000), inst(2, 2, formed_at=1.0), time=1.0, held=(req(9, LONG),))
+    assert POLICY.decide(s, TransformDone("merge", (2, 3))) == [Route(9, 2)]
+
+
+def test_held_for_the_merge_in_progress_while_the_full_instance_drains_slower():
+    pending = PendingTransform("merge", (2, 3), started=0.0)
+    merging = (inst(2, transforming=True), inst(3, transforming=True))
+    actions = POLICY.decide(snap(full_tp2(left=20000), *merging, pending=pending), Arrival(req(9, LONG)))
+    assert actions == [Hold(9, actions[0].reason)] and "merge of devices [2, 3]" in actions[0].reason
+    assert POLICY.decide(snap(full_tp2(left=1), *merging, pending=pending), Arrival(req(9, LONG))) == [Route(9, 0)]
+
+
+# refused transformations are not proposed again until something changed
+
+def one_each(skip: int | None = None) -> list[InstanceView]:
+    """Four TP1 instances, each running one request (its id is its device), but the one on `skip`."""
+    return tp1s(**{f"i{d}": ((req(d, 20000, 5000),), ()) for d in range(4) if d != skip})
+
+
+REFUSED_01 = Refusal((0, 1), time=10.0, running=frozenset({0, 1}))
+
+
+def test_a_refused_merge_is_not_proposed_again_with_the_same_requests():
+    assert merge_of(POLICY.decide(snap(*one_each()), Arrival(req(9, LONG)))).devices == (0, 1)
+    again = POLICY.decide(snap(*one_each(), time=12.0, refused=[REFUSED_01]), Arrival(req(9, LONG)))
+    assert merge_of(again).devices == (2, 3)
+
+
+def test_a_refused_merge_is_proposed_again_after_its_requests_change_or_the_retry_time():
+    late = REFUSED_01.time + POLICY.config.refusal_retry_s
+    again = POLICY.decide(snap(*one_each(), time=late, refused=[REFUSED_01]), Arrival(req(9, LONG)))
+    assert merge_of(again).devices == (0, 1)
+    finished = POLICY.decide(snap(*one_each(skip=1), time=12.0, refused=[REFUSED_01]), Arrival(req(9, LONG)))
+    assert merge_of(finished).devices == (0, 1)
+
+
+def test_a_refused_split_is_not_proposed_again_with_the_same_requests():
+    merged = inst(0, 2, running=short_requests(6), formed_at=0.0)
+    assert isinstance(POLICY.decide(snap(merged, inst(2), inst(3), time=20.0), Tick())[0], Split)
+    refusal = Refusal((0, 1), time=19.0, running=frozenset(range(6)))
+    assert POLICY.decide(snap(merged, inst(2), inst(3), time=20.0, refused=[refusal]), Tick()) == []
 
 
 # one transformation at a time, and nothing routed to it
