@@ -7,6 +7,7 @@ import torch
 from gyges.kernels import packed as packed_kernel
 from gyges.memory.layout import DeviceLayout, Slot, head_groups
 from gyges.memory.weights import layer_names, layer_shards
+from gyges.model.loader import trim_heap
 
 
 # Every byte of a fresh arena: a masked read of a never-written page must be finite (0.0115 in bf16
@@ -87,7 +88,8 @@ class Arena:
 
     def load(self, weights: Mapping[str, torch.Tensor], slabs: range):
         """Write replicated weights and the finest shards of `slabs` from full HF tensors, looked up
-        one layer at a time (a lazy mapping then holds one layer in memory, not the model)."""
+        one layer at a time (a lazy mapping then holds one layer in memory, not the model), then hand
+        the heap the reads freed back to the OS."""
         cfg, pad = self.layout.config, self.layout.padding
         layers = layer_names(weights.keys())
         if len(layers) != cfg.num_layers:
@@ -103,3 +105,4 @@ class Arena:
             for part, shards in layer_shards(cfg, pad, w).items():
                 for s in slabs:
                     self.write_slab(s, f"{i}.{part}", shards[s])
+        trim_heap()

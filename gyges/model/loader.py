@@ -1,5 +1,7 @@
 """Find a model, read its config and weights (HF safetensors or GGUF) under HF tensor names."""
+import ctypes
 import importlib.util
+import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -36,20 +38,59 @@ def resolve_model(model: str | Path | None) -> Path:
     return path
 
 
-def _gguf_fields(reader) -> dict:
-    out = {}
-    for key, f in reader.fields.items():
-        if key in ("tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
-            continue
-        out[key] = f.contents()
-    return out
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def read_gguf(path: Path) -> tuple[dict, list[tuple[str, int, tuple[int, ...], int]], np.memmap]:
+    """(metadata, tensors as (name, ggml type, shape outermost first, byte offset), the file as a
+    read-only memory map). `gguf.GGUFReader` builds a numpy view per token and merge: ~150-250 MB
+    of transient heap per worker for SmolLM2, more than the model's share it then loads."""
+    data = np.memmap(path, mode="r")
+    buf, pos = memoryview(data), 0
+
+    def take(fmt: str):
+        nonlocal pos
+        (v,) = struct.unpack_from(fmt, buf, pos)
+        pos += struct.calcsize(fmt)
+        return v
+
+    def string() -> str:
+        nonlocal pos
+        n = take("<Q")
+        pos += n
+        return bytes(buf[pos - n:pos]).decode("utf-8", errors="replace")
+
+    def value(kind: int):
+        if kind == _GGUF_STRING:
+            return string()
+        if kind == _GGUF_ARRAY:
+            inner, n = take("<I"), take("<Q")
+            return [value(inner) for _ in range(n)]
+        return take(_GGUF_SCALARS[kind])
+
+    if bytes(buf[:4]) != b"GGUF":
+        raise ModelError(f"{path} is not a GGUF file")
+    pos = 8  # magic, version
+    n_tensors, n_fields = take("<Q"), take("<Q")
+    fields = {}
+    for _ in range(n_fields):
+        key = string()
+        fields[key] = value(take("<I"))
+    tensors = []
+    for _ in range(n_tensors):
+        name, dims = string(), take("<I")
+        shape = tuple(take("<Q") for _ in range(dims))[::-1]
+        tensors.append((name, take("<I"), shape, take("<Q")))
+    align = fields.get("general.alignment", 32)
+    start = -(-pos // align) * align
+    return fields, [(n, k, s, start + off) for n, k, s, off in tensors], data
 
 
 def load_config(path: Path) -> ModelConfig:
     if path.suffix == ".gguf":
-        from gguf import GGUFReader
-        reader = GGUFReader(path)
-        return ModelConfig.from_gguf(_gguf_fields(reader), {t.name for t in reader.tensors})
+        fields, tensors, _ = read_gguf(path)
+        return ModelConfig.from_gguf(fields, {name for name, *_ in tensors})
     return ModelConfig.from_hf(path)
 
 
@@ -81,21 +122,28 @@ def unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-class LazyWeights(Mapping):
-    """Every weight under its HF name, read from the file only when looked up, in the file's dtype
-    (GGUF: dequantized to fp32). Safetensors and GGUF files are memory-mapped, so the OS keeps one
-    copy of the file for every device, and a device consuming one layer at a time holds one layer
-    of the model beyond its arena, not the model."""
+# rows of a GGUF tensor dequantized at a time: ~1 MiB of fp32, so no worker holds an fp32 copy of
+# a large tensor (SmolLM2's 49152 x 576 embedding is 113 MB in fp32)
+GGUF_BLOCK_ELEMS = 1 << 18
 
-    def __init__(self, path: Path, config: ModelConfig):
+
+class LazyWeights(Mapping):
+    """Every weight under its HF name, read from the file only when looked up: safetensors in the
+    file's dtype, GGUF dequantized a block of rows at a time into `dtype`. Both files are
+    memory-mapped, so the OS keeps one copy of the file for every device, and a device consuming
+    one layer at a time holds one layer of the model beyond its arena, not the model."""
+
+    def __init__(self, path: Path, config: ModelConfig, dtype: torch.dtype = torch.float32):
         self.config = config
-        self._where: dict[str, object] = {}  # HF name -> safetensors file handle or GGUF tensor
+        self.dtype = dtype
+        # HF name -> safetensors file handle, or GGUF (ggml type, shape, read-only view of the file)
+        self._where: dict[str, object] = {}
         if path.suffix == ".gguf":
-            from gguf import GGUFReader
-            for t in GGUFReader(path).tensors:  # np.memmap views of the file
-                name = hf_name_of_gguf(t.name)
+            _, tensors, data = read_gguf(path)
+            for gguf_name, kind, shape, offset in tensors:
+                name = hf_name_of_gguf(gguf_name)
                 if name is not None:
-                    self._where[name] = t
+                    self._where[name] = (kind, shape, data[offset:])
         else:
             from safetensors import safe_open
             for file in sorted(path.glob("*.safetensors")):
@@ -104,21 +152,47 @@ class LazyWeights(Mapping):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         src = self._where[name]
-        if not hasattr(src, "tensor_type"):
+        if not isinstance(src, tuple):
             return src.get_slice(name)[:]
-        from gguf.quants import dequantize
-        w = torch.from_numpy(np.array(dequantize(src.data, src.tensor_type), dtype=np.float32))
+        w = self._dequantize(*src)
         if name.endswith(("q_proj.weight", "q_proj.bias")):
             w = unpermute_rope(w, self.config.num_heads)
         elif name.endswith(("k_proj.weight", "k_proj.bias")):
             w = unpermute_rope(w, self.config.num_kv_heads)
         return w
 
+    def _dequantize(self, kind: int, shape: tuple[int, ...], file: np.memmap) -> torch.Tensor:
+        """The tensor in `self.dtype`, rounded from fp32 exactly as a whole-tensor dequantization
+        would be, one block of rows at a time (the gguf package works on whole rows)."""
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+        from gguf.quants import dequantize
+        kind = GGMLQuantizationType(kind)
+        out = torch.empty(shape, dtype=self.dtype)
+        rows = out.view(-1, shape[-1])
+        block_elems, block_bytes = GGML_QUANT_SIZES[kind]
+        row_bytes = shape[-1] // block_elems * block_bytes
+        data = file[:rows.shape[0] * row_bytes].reshape(rows.shape[0], row_bytes)
+        step = max(1, GGUF_BLOCK_ELEMS // shape[-1])
+        for i in range(0, rows.shape[0], step):
+            block = dequantize(data[i:i + step], kind)
+            # F32 comes back as a read-only view of the file: copy the block, never the tensor
+            rows[i:i + step].copy_(torch.from_numpy(block if block.flags.writeable else block.copy()))
+        return out
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
 
     def __len__(self) -> int:
         return len(self._where)
+
+
+def trim_heap() -> None:
+    """Hand freed heap back to the OS (glibc): dequantized blocks and GGUF metadata leave tens of MB
+    that malloc otherwise keeps for the worker's lifetime."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def load_tokenizer(path: Path):

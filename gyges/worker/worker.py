@@ -167,7 +167,8 @@ class Worker:
     def load_weights(self, tp: int, rank: int):
         """Write rank `rank`'s shard at TP `tp` into the arena, reading the model one layer at a
         time (`LazyWeights`): host memory holds the arena, not a copy of the model per device."""
-        self.arena.load(LazyWeights(Path(self.spec.model_path), self.config), head_groups(self.spec.max_tp, tp, rank))
+        self.arena.load(LazyWeights(Path(self.spec.model_path), self.config, self.arena.pages.dtype),
+                        head_groups(self.spec.max_tp, tp, rank))
 
     def bind(self, tp: int, rank: int, group_start: int):
         """Serve as rank `rank` of the TP-`tp` instance on the aligned group starting at `group_start`."""
