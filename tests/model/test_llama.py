@@ -11,6 +11,7 @@ from gyges.kernels.build import library
 from gyges.model.loader import default_model_path
 from tests.conftest import make_tiny_model
 from tests.reference import TOLERANCE, check_against_reference
+from tests.worker.extension import KernelsInUse
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
 # mixed lengths; the 70-token prompt is longer than one 32-token prefill chunk
@@ -82,10 +83,6 @@ def test_smollm2_padded_matches_transformers(smollm2_reference, tp):
     print(f"SmolLM2 TP{tp}: max relative logit error {worst:.2e}")
 
 
-def _kernels_in_use(worker) -> tuple[bool, bool, bool]:
-    return worker.arena.packed, worker.model.decode_kernel, worker.model.fused
-
-
 BF16_TOLERANCE = 2e-2  # bf16 keeps 8 significant bits; both bf16 paths measure about 1e-2 here
 
 
@@ -111,7 +108,7 @@ def test_bf16_matches_transformers(tmp_path, kind, tp, max_tp, vocab):
                             device_memory="32MiB", block_tokens=4, max_batched_tokens=32, cpu_kernels=kernels)
         with Cluster(cfg, record_logits=True) as cluster:
             expect = (kernels and vocab % 16 == 0, kernels, kernels)
-            assert cluster.workers[0].call("invoke", _kernels_in_use) == expect
+            assert cluster.workers[0].call(KernelsInUse()) == expect
             outs = cluster.generate(TINY_PROMPTS, GREEDY)
         worst[kernels] = check_against_reference(ref, outs, BF16_TOLERANCE)
     print(f"bf16 {kind} TP{tp} of max {max_tp}, vocabulary {vocab}: {worst}")
