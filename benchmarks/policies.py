@@ -329,7 +329,7 @@ def compare(s: Setup) -> tuple[dict, dict]:
                 split_to_tp1(url)
             r = run(s, url, at_rate(s.workload, rate), baseline=baseline)
             runs[(name, rate)] = r
-            out = summary(r, rate)
+            out = summary(r, rate) | {"time_scale": time_scale_for_rate(s.workload.requests, rate)}
             print(f"    {name:<14} {rate:7.3f} req/s: SLO {100 * out['slo_attainment']:5.1f}%  "
                   f"{out['throughput_tok_s']:7.1f} tok/s  TTFT p50 {out['ttft_p50_s']:.3f} s  "
                   f"rejected {out['rejected']}  failed {out['failed']}  transformations {out['transformations']}",
@@ -363,6 +363,9 @@ def compare(s: Setup) -> tuple[dict, dict]:
     with serve_setup(s, "static", (1,) * k) as url:  # TP1 last: its sweep follows the baseline on the same server
         t0 = time.perf_counter()
         samples += unloaded(s, url, 1)
+        if all(tpot is None for *_, tpot in samples):
+            raise ValueError(f"{s.key}: every request of the slice has one output token at length scale "
+                             f"{s.length_scale:.4f}, so there is no TPOT to fit; raise --mean-tokens or --requests")
         baseline = fit_baseline(*map(list, zip(*samples)))
         phase("unloaded baseline", t0)
         if all_tp1 in policies:
