@@ -9,7 +9,7 @@ from gyges.cluster.cluster import Cluster
 from gyges.cluster.config import ClusterConfig
 from gyges.kernels import build
 from gyges.worker.commands import Info
-from gyges.worker.handle import WorkerError, log_fallbacks
+from gyges.worker.handle import WorkerError
 from gyges.worker.worker import WORKER_CLASS_ENV
 from tests.worker.extension import FailNextMove
 
@@ -28,15 +28,14 @@ def test_only_declared_commands_run(tiny_llama, monkeypatch):
 
 
 def test_info_says_which_fast_paths_are_off_and_why_and_the_log_says_it_once(tiny_llama, caplog):
-    with Cluster(ClusterConfig(model=str(tiny_llama), devices=2, tp=1, peer_reads=False, **TINY)) as c:
-        infos = c.worker_info
+    with caplog.at_level(logging.WARNING, logger="gyges"):
+        with Cluster(ClusterConfig(model=str(tiny_llama), devices=2, tp=1, peer_reads=False, **TINY)) as c:
+            infos = c.worker_info
     for i in infos:
         assert (i["kernels"], i["peer_reads"]) == (False, False)
         assert i["kernels_reason"] == "the C kernels are bf16 only, the model runs in float32"
         assert i["peer_reads_reason"] == "turned off (--no-peer-reads)"
-    with caplog.at_level(logging.WARNING, logger="gyges"):
-        log_fallbacks(infos)
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "gyges"] == [
         "C kernels off, PyTorch path: the C kernels are bf16 only, the model runs in float32",
         "peer reads off, moves through gloo: turned off (--no-peer-reads)"]
 
