@@ -233,8 +233,8 @@ def subset(w: Workload, idx: list[int]) -> Workload:
 
 # the measurements
 
-def unloaded(s: Setup, url: str, tp: int) -> list[tuple[int, float, float | None]]:
-    """(prompt length, TTFT, TPOT) of requests whose smallest instance is TP `tp`, sent one at a
+def unloaded(s: Setup, url: str, tp: int) -> list[tuple[int, float, float | None, float]]:
+    """(prompt length, TTFT, TPOT, E2EL) of requests whose smallest instance is TP `tp`, sent one at a
     time to `url`, a static all-TP`tp` server (at most --baseline-requests, spread over the slice),
     each as soon as the one before it finished. Requests of one output token have no TPOT, so
     those with more are taken where there are any (TTFT does not depend on the output)."""
@@ -245,7 +245,7 @@ def unloaded(s: Setup, url: str, tp: int) -> list[tuple[int, float, float | None
     for rec in run(s, url, subset(at_once(s.workload), idx), concurrency=1).result.records:
         if not rec.success:
             raise RuntimeError(f"an unloaded request failed on TP{tp}: {rec.error}")
-        out.append((rec.prompt_len, rec.ttft_s, rec.tpot_s if rec.output_tokens > 1 else None))
+        out.append((rec.prompt_len, rec.ttft_s, rec.tpot_s if rec.output_tokens > 1 else None, rec.e2el_s))
     return out
 
 
@@ -320,9 +320,8 @@ def compare(s: Setup) -> tuple[dict, dict]:
 
     def policy_sweep(name: str, url: str):
         t1 = time.perf_counter()
-        # half the rate the devices serve with no batching at all
-        start = s.args.start_rate or 0.5 * k * len(work) / sum(
-            baseline.ttft(r.input_len) + baseline.tpot(r.input_len) * (r.output_len - 1) for r in s.workload.requests)
+        # half the rate the devices serve with no batching at all (measured unloaded latencies)
+        start = s.args.start_rate or 0.5 * k / float(np.mean([e2el for *_, e2el in samples]))
 
         def attempt(rate: float) -> dict:
             if name == "gyges":
@@ -363,10 +362,10 @@ def compare(s: Setup) -> tuple[dict, dict]:
     with serve_setup(s, "static", (1,) * k) as url:  # TP1 last: its sweep follows the baseline on the same server
         t0 = time.perf_counter()
         samples += unloaded(s, url, 1)
-        if all(tpot is None for *_, tpot in samples):
+        if all(tpot is None for _, _, tpot, _ in samples):
             raise ValueError(f"{s.key}: every request of the slice has one output token at length scale "
                              f"{s.length_scale:.4f}, so there is no TPOT to fit; raise --mean-tokens or --requests")
-        baseline = fit_baseline(*map(list, zip(*samples)))
+        baseline = fit_baseline(*map(list, list(zip(*samples))[:3]))
         phase("unloaded baseline", t0)
         if all_tp1 in policies:
             policy_sweep(all_tp1, url)
