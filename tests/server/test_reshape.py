@@ -121,18 +121,19 @@ def test_alternating_short_and_long_arrivals_do_not_thrash(reshaping_server):
 
 @pytest.mark.slow
 def test_64_streams_keep_their_pace_through_two_transformations(tmp_path):
-    """SmolLM2 in bf16 on 2 devices; 64 concurrent streams of mixed lengths; long requests make it
+    """SmolLM2 in fp32 on 2 devices; 64 concurrent streams of mixed lengths; long requests make it
     merge and then split. Every stream completes, and no request running through a transformation
     waits more than 2x its own median gap between tokens (requests that arrived held for the merge,
     or were queued behind it, are exempt: they were not running)."""
-    server = start_server(None, "--devices", "2", "--device-memory", "400MiB", "--policy", "gyges",
-                          "--min-dwell", "2", "--max-num-seqs", "64", "--threads-per-device", "1")
+    server = start_server(None, "--devices", "2", "--device-memory", "800MiB", "--dtype", "float32", "--policy", "gyges",
+                          "--min-dwell", "2", "--max-num-seqs", "64", "--threads-per-device", "1",
+                          "--served-model-name", "smol")
     try:
         url = server.url
         cap = cluster(url)["instances"][0]["kv_capacity_tokens"]
         jobs = [(0.05 * i, words(i, 16 + (i * 7) % 48), 48 + (i * 13) % 80) for i in range(62)]
         jobs += [(1.0, words(100, cap + 64), 16), (1.2, words(101, cap + 32), 16)]
-        results = asyncio.run(send_all(url, server.model, jobs))
+        results = asyncio.run(send_all(url, "smol", jobs))
         info = wait_for_layout(url, [[0], [1]], timeout=60)
     finally:
         stop_server(server)
