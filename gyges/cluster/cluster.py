@@ -125,7 +125,7 @@ class Cluster:
 
     @property
     def reports(self) -> list[TransformReport]:
-        return list(self.controller.reports)
+        return [r.report for r in self.controller.history]
 
     @property
     def failures(self) -> list[str]:

@@ -51,17 +51,13 @@ class Instance:
 
 @dataclass
 class TransformRecord:
-    kind: str
-    before: list[list[int]]
-    after: list[list[int]]
+    """A finished transformation: the coordinator's report plus what only the controller knows."""
+    report: TransformReport
     reason: str
     started: float          # wall clock (time.time) when it began
+    started_at: float       # on the controller's clock (monotonic, or the simulator's virtual time)
     duration_s: float       # first pre-copy chunk (or the switch) to the new instances installed
     stall_s: float          # how long the involved instances stood still for the switch
-    precopy_bytes: int = 0
-    kv_bytes: int = 0
-    weight_bytes: int = 0
-    started_at: float = 0.0  # on the controller's clock (monotonic, or the simulator's virtual time)
 
 
 @dataclass
@@ -121,7 +117,6 @@ class Controller:
         self.pending: Pending | None = None
         self.refused: dict[tuple[int, ...], ps.Refusal] = {}  # the latest refusal of each group, for the policy
         self.history: deque[TransformRecord] = deque(maxlen=HISTORY)
-        self.reports: deque[TransformReport] = deque(maxlen=HISTORY)
         self.failures: deque[tuple[float, str]] = deque(maxlen=HISTORY)
         self.logits: dict[int, list] = {}
         self.down: str | None = None  # why the cluster stopped serving (gave up after failures)
@@ -230,9 +225,7 @@ class Controller:
             self.backend.check_alive()
             self._drive_transition(sync=True)
             self._launch_idle()
-            while self._busy:
-                for key, result in self.backend.wait(None):
-                    self._complete(key, result)
+            self._settle(lambda: self._busy)
         except WorkerError as e:
             self._recover(f"worker failure: {e}")
 
@@ -241,11 +234,15 @@ class Controller:
         try:
             while self.pending is not None:
                 self._drive_transition(sync=True)
-                while self._busy:
-                    for key, result in self.backend.wait(None):
-                        self._complete(key, result)
+                self._settle(lambda: self._busy)
         except WorkerError as e:
             self._recover(f"worker failure during a transformation: {e}")
+
+    def _settle(self, busy: Callable[[], bool]):
+        """Handle completions until `busy()` turns false (the lockstep callers)."""
+        while busy():
+            for key, result in self.backend.wait(None):
+                self._complete(key, result)
 
     def _launch_idle(self):
         for inst in self.instances:
@@ -525,9 +522,7 @@ class Controller:
         p.phase_in_flight, p.phase_t0 = True, self.backend.now()
         self.backend.launch_phase(PhaseKey("switch", p), tr.devices, sends, nbytes)
         if sync:
-            while self.pending is p:
-                for key, result in self.backend.wait(None):
-                    self._complete(key, result)
+            self._settle(lambda: self.pending is p)
 
     def _install(self, stats: dict[int, dict]):
         p, now = self.pending, self.backend.now()
@@ -535,10 +530,8 @@ class Controller:
         new, report = tr.install(stats)
         self.instances = sorted([i for i in self.instances if i not in tr.old] + new, key=lambda i: i.id)
         self.pending = None
-        self.reports.append(report)
-        self.history.append(TransformRecord(tr.kind, report.before, report.after, p.reason, p.started_wall,
-                                            now - p.started, now - p.phase_t0, report.precopy_bytes,
-                                            report.kv_bytes, report.weight_bytes, p.started))
+        self.history.append(TransformRecord(report, p.reason, p.started_wall, p.started, now - p.started,
+                                            now - p.phase_t0))
         log.info("%s %s -> %s in %.1f ms (stall %.1f ms): %s", tr.kind, report.before, report.after,
                  1e3 * (now - p.started), 1e3 * (now - p.phase_t0), p.reason)
         p.future.set_result(report)
@@ -597,7 +590,8 @@ class Controller:
             "pending": None if self.pending is None else {"kind": self.pending.transition.kind,
                                                           "devices": self.pending.transition.devices,
                                                           "reason": self.pending.reason},
-            "transformations": [{"kind": r.kind, "from": r.before, "to": r.after, "reason": r.reason,
+            "transformations": [{"kind": r.report.kind, "from": r.report.before, "to": r.report.after,
+                                 "reason": r.reason,
                                  "started": r.started, "started_at": r.started_at, "duration_s": r.duration_s,
                                  "stall_s": r.stall_s}
                                 for r in self.history],

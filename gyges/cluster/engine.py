@@ -187,7 +187,8 @@ class Engine:
                     usage[d] = 1.0 - len(pages.free) / pages.capacity if pages.capacity else 0.0
             return EngineStats(sum(len(i.scheduler.running) for i in c.instances),
                                sum(len(i.scheduler.waiting) for i in c.instances) + len(c.held), usage, by_tp,
-                               [{"kind": r.kind, "duration_s": r.duration_s, "stall_s": r.stall_s} for r in c.history],
+                               [{"kind": r.report.kind, "duration_s": r.duration_s, "stall_s": r.stall_s}
+                                for r in c.history],
                                c.prompt_tokens, c.generation_tokens)
         return self._ask(collect)
 
