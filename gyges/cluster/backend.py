@@ -15,7 +15,6 @@ from multiprocessing import connection as mp_connection
 from gyges.engine.batch import build_step
 from gyges.memory.layout import units_per_block
 from gyges.worker.commands import Step
-from gyges.worker.commands import Step
 from gyges.worker.handle import WorkerError, WorkerHandle
 
 LIVENESS_S = 1.0  # a dead worker is noticed within this long, even when its instance is idle

@@ -39,6 +39,11 @@ class Instance:
     scheduler: Scheduler
     formed_at: float = 0.0
     stepping: bool = False  # a step in flight
+    # formed by a transformation and not stepped yet: its first step is the one the requests that ran
+    # through the switch wait for, so it admits no new request (those held for a merge join one step later)
+    carried: bool = False
+    launched: float = 0.0   # when its step in flight was launched
+    step_s: float = 0.0     # how long its last step took (a stretch: per step)
 
     @property
     def tp(self) -> int:
@@ -248,7 +253,8 @@ class Controller:
         for inst in self.instances:
             if inst.stepping or self._paused(inst):
                 continue
-            batch = inst.scheduler.schedule()
+            batch = inst.scheduler.schedule(admit=not (inst.carried and inst.scheduler.running))
+            inst.carried = False
             if batch or batch.failed or batch.preempted:
                 self._views.pop(inst, None)
             for seq in batch.failed:
@@ -257,7 +263,7 @@ class Controller:
                 for seq in batch.seqs:
                     if seq.scheduled is None:
                         seq.scheduled = self.backend.now()
-                inst.stepping = True
+                inst.stepping, inst.launched = True, self.backend.now()
                 steps = self._stretch(inst, batch)
                 if steps > 1:
                     self.backend.launch_step(StepKey(inst, batch), inst, batch, steps)
@@ -284,7 +290,7 @@ class Controller:
             self._apply(key.instance, key.batch, result)
         elif key.kind == "chunk":
             self.pending.phase_in_flight = False
-            self.pending.transition.chunk_done(self.backend.now() - self.pending.phase_t0)
+            self.pending.transition.chunk_done(self.backend.now() - self.pending.phase_t0, result)
         else:
             self._install(result)
 
@@ -294,6 +300,8 @@ class Controller:
         tokens, logits, *rest = answer
         logprobs = rest[0] if rest else None
         steps = rest[1] if len(rest) > 1 else 1  # a stretch: every entry is a decode, each ran `steps` times
+        if not self._in_transition(inst):  # a step behind a pre-copy chunk is not its normal length
+            inst.step_s = (self.backend.now() - inst.launched) / steps
         finished, k = False, 0
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed += n + steps - 1
@@ -503,7 +511,8 @@ class Controller:
         tr = p.transition
         if not tr.done:
             p.phase_in_flight, p.phase_t0 = True, self.backend.now()
-            self.backend.launch_phase(PhaseKey("chunk", p), tr.devices, *tr.next_chunk())
+            step_s = max(i.step_s for i in tr.old)
+            self.backend.launch_phase(PhaseKey("chunk", p), tr.devices, *tr.next_chunk(step_s))
             return
         p.switching = True
         if any(i.stepping for i in tr.old):
@@ -528,6 +537,8 @@ class Controller:
         p, now = self.pending, self.backend.now()
         tr = p.transition
         new, report = tr.install(stats)
+        for inst in new:
+            inst.carried = True
         self.instances = sorted([i for i in self.instances if i not in tr.old] + new, key=lambda i: i.id)
         self.pending = None
         self.history.append(TransformRecord(report, p.reason, p.started_wall, p.started, now - p.started,

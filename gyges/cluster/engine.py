@@ -184,7 +184,7 @@ class Engine:
             for inst in c.instances:
                 by_tp[inst.tp] = by_tp.get(inst.tp, 0) + 1
                 for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-                    usage[d] = 1.0 - len(pages.free) / pages.capacity if pages.capacity else 0.0
+                    usage[d] = 1.0 - pages.num_free / pages.capacity if pages.capacity else 0.0
             return EngineStats(sum(len(i.scheduler.running) for i in c.instances),
                                sum(len(i.scheduler.waiting) for i in c.instances) + len(c.held), usage, by_tp,
                                [{"kind": r.report.kind, "duration_s": r.duration_s, "stall_s": r.stall_s}

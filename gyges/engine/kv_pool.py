@@ -25,6 +25,25 @@ class DevicePages:
     def give(self, pages: list[int]):
         self.free.extend(reversed(pages))
 
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    def free_pages(self) -> list[int]:
+        """The free pages in the order `take` hands them out."""
+        return self.free[::-1]
+
+    def reserve(self, pages: set[int]):
+        """Take these particular free pages off the free list (a transformation's pre-copy targets).
+        They are usually the next ones `take` would give, so the search starts at that end."""
+        i, missing = len(self.free), len(pages)
+        while missing and i:
+            i -= 1
+            missing -= self.free[i] in pages
+        if missing:
+            raise ValueError(f"{missing} of the pages to reserve are not free")
+        self.free[i:] = [p for p in self.free[i:] if p not in pages]
+
 
 class KVPool:
     def __init__(self, devices: list[DevicePages], max_tp: int, block_tokens: int):
@@ -35,7 +54,7 @@ class KVPool:
 
     @property
     def free_blocks(self) -> int:
-        return min(len(d.free) for d in self.devices) // self.m
+        return min(d.num_free for d in self.devices) // self.m
 
     @property
     def total_blocks(self) -> int:

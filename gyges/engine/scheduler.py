@@ -59,7 +59,9 @@ class Scheduler:
         self.waiting.appendleft(seq)
         batch.preempted.append(seq)
 
-    def schedule(self) -> ScheduledBatch:
+    def schedule(self, admit: bool = True) -> ScheduledBatch:
+        """The next step's batch: running requests first (preempting the newest when KV runs out),
+        then, if `admit`, waiting ones while the token budget and KV last."""
         batch = ScheduledBatch()
         budget = self.max_batched_tokens
         for seq in list(self.running):
@@ -79,7 +81,7 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_tokens.append(n)
             budget -= n
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        while admit and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not self.fits_alone(seq):
                 self.waiting.popleft()

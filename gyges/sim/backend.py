@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gyges.engine.scheduler import ScheduledBatch
 from gyges.policy.cost_model import CostModel, StepLoad
-from gyges.worker.commands import Transform
+from gyges.worker.commands import CopyDone, Transform
 
 TOKEN = 0  # the id every simulated step returns: requests run to max_tokens (ignore_eos)
 
@@ -136,7 +136,8 @@ class SimBackend:
         tc = self.cost.transform_cost(nbytes, nbytes if switch else 0, len(devices))
         seconds = tc.time_s if switch else tc.time_s - self.cost.hw.switch_overhead_s
         end = self._start(devices) + seconds
-        self._push(end, list(devices), (key, {d: {} for d in devices}))
+        answer = {d: {} for d in devices} if switch else {d: CopyDone(0, seconds) for d in devices}
+        self._push(end, list(devices), (key, answer))
 
     def wait(self, until: float | None) -> list[tuple[object, object]]:
         """Advance to the earliest completion at or before `until` and return every launch that

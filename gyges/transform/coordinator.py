@@ -8,14 +8,25 @@ for a split, weight slabs whose pages are free are copied in chunks while the in
 decoding; the switch then plans again and moves only what changed.
 """
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
-from gyges.worker.commands import CopyPages, Transform
-from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, coalesce, owner_of,
-                                  plan_merge, plan_split)
-from gyges.worker.commands import CopyPages, Transform
+import numpy as np
 
-PRECOPY_CHUNK_BYTES = 32 << 20
+from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, coalesce, owner_of,
+                                  pages_array, plan_merge, plan_split)
+from gyges.worker.commands import CopyDone, CopyPages, Transform
+
+FIRST_CHUNK_BYTES = 8 << 20  # the first pre-copy chunk, before the copy rate is known
+PRECOPY_STEP_SHARE = 0.25    # a chunk runs between two steps of the instances involved: it may add this share
+
+
+def chunk_budget(step_s: float, bytes_per_s: float) -> int:
+    """Bytes of the next pre-copy chunk: what the devices copy in a quarter of the involved instances'
+    step (on a GPU, gigabytes; on a CPU, megabytes), or FIRST_CHUNK_BYTES until both are known."""
+    if step_s <= 0 or bytes_per_s <= 0:
+        return FIRST_CHUNK_BYTES
+    return max(int(PRECOPY_STEP_SHARE * step_s * bytes_per_s), 1)
 
 
 @dataclass
@@ -40,7 +51,7 @@ def _snapshot(instances) -> tuple[list[SeqKV], dict[int, list[int]]]:
         for s in inst.scheduler.running:
             seqs.append(SeqKV(s.id, i, s.pages))
         for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-            free[d] = list(reversed(pages.free))
+            free[d] = pages.free_pages()
     return seqs, free
 
 
@@ -51,15 +62,17 @@ def _plan(layout, kind: str, old, parts: int, placed: Placed | None = None, fetc
     return plan_split(layout, old[0].devices, parts, seqs, free, placed, fetched)
 
 
-def _chunks(moves: list[Move], page_bytes: int) -> list[list[Move]]:
-    out, size = [[]], 0
-    for mv in moves:
-        if size and size + mv.count * page_bytes > PRECOPY_CHUNK_BYTES:
-            out.append([])
-            size = 0
-        out[-1].append(mv)
-        size += mv.count * page_bytes
-    return [c for c in out if c]
+def _take(todo: deque, max_bytes: int, page_bytes: int) -> list[Move]:
+    """Moves off the front of `todo` up to `max_bytes` (at least one page), splitting a run if needed."""
+    out, left = [], max(max_bytes // page_bytes, 1)
+    while todo and left:
+        mv = todo.popleft()
+        if mv.count > left:
+            todo.appendleft(Move(mv.src, mv.dst, mv.src_page + left, mv.dst_page + left, mv.count - left))
+            mv = Move(mv.src, mv.dst, mv.src_page, mv.dst_page, left)
+        out.append(mv)
+        left -= mv.count
+    return out
 
 
 def _cross_bytes(moves: list[Move], page_bytes: int) -> int:
@@ -86,8 +99,10 @@ class Transition:
         self.placed: Placed = {}
         self.fetched: set[tuple[int, int]] = set()
         self.reserved: dict[int, set[int]] = {d: set() for d in self.devices}
-        self.chunks: list[list[Move]] = []
+        self.todo: deque[Move] = deque()  # pre-copy runs not handed out yet
         self.precopy_bytes, self.precopy_s = 0, 0.0
+        self.copy_rate = 0.0   # bytes/s the devices copied in the last chunk
+        self._chunk_bytes = 0
         self.plan: TransformPlan | None = None
         self._switch_t = 0.0
         tentative = _plan(layout, kind, old, parts)  # raises TransformError when it cannot fit
@@ -95,8 +110,12 @@ class Transition:
             self._reserve_precopy(tentative, block_tokens)
 
     def _reserve_precopy(self, tentative: TransformPlan, block_tokens: int):
+        """Reserve the destination pages of the tentative plan's full blocks (and, for a split, of
+        weight slabs landing on free pages) and list their copies as pre-copy chunks. Every page
+        the tentative plan hands out was free just now, except the old weights a merge releases."""
         lay = self.layout
-        free = {d: set(p.free) for i in self.old for d, p in zip(i.devices, i.scheduler.pool.devices)}
+        weights_now = {d: lay.weight_pages(inst.tp, r) for inst in self.old for r, d in enumerate(inst.devices)}
+        reserved = self.reserved
         units = []
         for inst in self.old:
             for seq in inst.scheduler.running:
@@ -105,36 +124,50 @@ class Transition:
                     src, dst = owner_of(inst.devices, lay.max_tp, g), owner_of(part, lay.max_tp, g)
                     for b, p in enumerate(row[:seq.num_computed // block_tokens]):  # full blocks only
                         q = tentative.seq_pages[seq.id][g][b]
-                        if (src, p) != (dst, q) and q in free[dst] and q not in self.reserved[dst]:
+                        if (src, p) != (dst, q) and q not in weights_now[dst] and q not in reserved[dst]:
                             self.placed[(seq.id, g, b)] = (p, q)
-                            self.reserved[dst].add(q)
+                            reserved[dst].add(q)
                             units.append(Move(src, dst, p, q))
         weights = []
+        if tentative.weight_moves:  # a split: which slab pages are free is a question about the whole list
+            free = {d: np.zeros(lay.num_pages, dtype=bool) for d in self.devices}
+            for inst in self.old:
+                for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
+                    free[d][pages_array(pages.free_pages())] = True
+                    free[d][pages_array(sorted(reserved[d]))] = False
         for mv in tentative.weight_moves:
-            pages = set(range(mv.dst_page, mv.dst_page + mv.count))
-            if pages <= free[mv.dst] - self.reserved[mv.dst]:
-                self.reserved[mv.dst] |= pages
+            span = slice(mv.dst_page, mv.dst_page + mv.count)
+            if free[mv.dst][span].all():
+                free[mv.dst][span] = False
+                reserved[mv.dst].update(range(span.start, span.stop))
                 self.fetched.add((mv.dst, (mv.dst_page - lay.replicated_pages) // lay.slab_pages))
                 weights.append(mv)
         for inst in self.old:
             for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-                pages.free = [p for p in pages.free if p not in self.reserved[d]]
-        self.chunks = _chunks(coalesce(units) + weights, lay.page_bytes)
+                pages.reserve(self.reserved[d])
+        self.todo = deque(coalesce(units) + weights)
         self.precopy_bytes = (len(units) + sum(m.count for m in weights)) * lay.page_bytes
 
     @property
     def done(self) -> bool:
         """Every pre-copy chunk has been handed out: the switch is next."""
-        return not self.chunks
+        return not self.todo
 
-    def next_chunk(self) -> tuple[dict[int, CopyPages], int]:
-        """The command for every device of the next pre-copy chunk, and the bytes it moves."""
-        chunk = self.chunks.pop(0)
+    def next_chunk(self, step_s: float = 0.0) -> tuple[dict[int, CopyPages], int]:
+        """The command for every device of the next pre-copy chunk, sized by `chunk_budget` for
+        instances whose steps take `step_s`, and the bytes it moves between devices."""
+        page = self.layout.page_bytes
+        chunk = _take(self.todo, chunk_budget(step_s, self.copy_rate), page)
+        self._chunk_bytes = sum(mv.count for mv in chunk) * page
         msgs = {d: CopyPages(moves) for d, moves in _for_devices(list(enumerate(chunk)), self.devices).items()}
-        return msgs, _cross_bytes(chunk, self.layout.page_bytes)
+        return msgs, _cross_bytes(chunk, page)
 
-    def chunk_done(self, seconds: float):
+    def chunk_done(self, seconds: float, answers: dict[int, CopyDone]):
+        """`seconds`: launch to last answer (queued behind steps); `answers`: each device's own copy time."""
         self.precopy_s += seconds
+        copy_s = max(a.seconds for a in answers.values())
+        if copy_s > 0:
+            self.copy_rate = self._chunk_bytes / copy_s
 
     def abort(self):
         """Give the reserved destination pages back; the old instances serve on untouched."""
@@ -157,10 +190,11 @@ class Transition:
             for g, row in enumerate(rows):
                 d = owner_of(plan.instances[plan.seq_instance[sid]], self.layout.max_tp, g)
                 used.setdefault(d, set()).update(row)
-        weight_pages = {d: set(self.layout.weight_pages(len(part), r))
-                        for part in plan.instances for r, d in enumerate(part)}
-        for d, pages in self.reserved.items():
-            plan.free_after[d] = sorted(set(plan.free_after[d]) | (pages - used.get(d, set()) - weight_pages[d]))
+        weights = {d: self.layout.weight_pages(len(part), r) for part in plan.instances for r, d in enumerate(part)}
+        for d, pages in self.reserved.items():  # reserved pages the plan left unused are free again
+            back = [p for p in pages - used.get(d, set()) if p not in weights[d]]
+            if back:
+                plan.free_after[d] = np.union1d(pages_array(plan.free_after[d]), pages_array(back)).tolist()
         self.plan = plan
         kv = list(enumerate(plan.kv_moves))
         weights = list(enumerate(plan.weight_moves, start=len(kv)))

@@ -7,6 +7,8 @@ needs no memory beyond each device's arena.
 """
 from dataclasses import dataclass
 
+import numpy as np
+
 from gyges.memory.layout import DeviceLayout, head_groups, units_per_block
 
 
@@ -63,19 +65,30 @@ def coalesce(moves: list[Move]) -> list[Move]:
     return out
 
 
+def pages_array(pages) -> np.ndarray:
+    """Page ids as an int64 array. Plans work on whole free lists (tens of thousands of pages per
+    device), so set-like work on them is done in numpy: per-page Python loops cost tens of ms."""
+    if isinstance(pages, range):
+        return np.arange(pages.start, pages.stop, pages.step, dtype=np.int64)
+    return np.asarray(pages, dtype=np.int64).reshape(-1)
+
+
 def kv_page_order(layout: DeviceLayout, pages) -> list[int]:
     """Pages in the order KV should take them: outside the weight slabs first (a later split needs
     those back, and a merge's freed slabs cannot be pre-copied into), lowest first so runs coalesce."""
     lo, hi = layout.replicated_pages, layout.min_pages(1)  # the weight slabs
-    ordered = sorted(pages)
-    return [p for p in ordered if not lo <= p < hi] + [p for p in ordered if lo <= p < hi]
+    ordered = np.sort(pages_array(pages))
+    in_slabs = (ordered >= lo) & (ordered < hi)
+    return np.concatenate([ordered[~in_slabs], ordered[in_slabs]]).tolist()
 
 
 class _Pools:
-    """Destination pages per device, in `kv_page_order`."""
+    """Destination pages per device, handed out in the order given: the device's free list in the
+    order it hands pages out (already `kv_page_order`), then any weight slabs a merge releases.
+    Nothing here walks the whole free list: a plan costs what it moves, not what is free."""
 
-    def __init__(self, layout: DeviceLayout, pages: dict[int, set[int]]):
-        self.pages = {d: kv_page_order(layout, p) for d, p in pages.items()}
+    def __init__(self, pages: dict[int, list[int]]):
+        self.pages = pages
         self.pos = {d: 0 for d in pages}
 
     def take(self, device: int) -> int:
@@ -89,11 +102,15 @@ class _Pools:
         return self.pages[device][self.pos[device]:]
 
 
+def _outside(pages: np.ndarray, span: range) -> np.ndarray:
+    return pages[(pages < span.start) | (pages >= span.stop)]
+
+
 Placed = dict[tuple[int, int, int], tuple[int, int]]  # (seq, group, block) -> (source page, destination page)
 
 
 def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq_instance: dict[int, int],
-              max_tp: int, pools: _Pools, pinned: dict[int, set[int]], placed: Placed):
+              max_tp: int, pools: _Pools, pinned: dict[int, range], placed: Placed):
     """Move every unit whose head group changes device, or whose page the new weights need.
 
     A unit in `placed` was pre-copied from that same source page: it is already in place.
@@ -124,7 +141,7 @@ def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq
 
 
 def _check_room(seqs: list[SeqKV], old: list[list[int]], merged: list[int], max_tp: int,
-                pools: dict[int, set[int]], placed: Placed):
+                pools: dict[int, list[int]], placed: Placed):
     """Refuse at once, before any page is taken, when a device must receive more units than it has
     free pages (at GPU page counts, finding out by allocating costs about a second)."""
     need = dict.fromkeys(pools, 0)
@@ -141,7 +158,8 @@ def _check_room(seqs: list[SeqKV], old: list[list[int]], merged: list[int], max_
 
 def plan_merge(layout: DeviceLayout, instances: list[list[int]], seqs: list[SeqKV],
                free: dict[int, list[int]], placed: Placed | None = None) -> TransformPlan:
-    """k aligned instances of TP t (devices in rank order) become one instance of TP k*t."""
+    """k aligned instances of TP t (devices in rank order) become one instance of TP k*t.
+    `free`: each device's free pages in the order it hands them out."""
     k, t, max_tp = len(instances), len(instances[0]), layout.max_tp
     devices = sorted(d for inst in instances for d in inst)
     if k < 2 or k & (k - 1) or any(len(i) != t for i in instances):
@@ -158,11 +176,12 @@ def plan_merge(layout: DeviceLayout, instances: list[list[int]], seqs: list[SeqK
         old_g, new_g = groups_of(old_inst, max_tp, d), groups_of(merged, max_tp, d)
         kept = layout.weight_pages(len(merged), merged.index(d))
         released = [p for g in old_g if g not in new_g for p in layout.slab_pages_of(g)]
-        assert set(kept) <= set(layout.weight_pages(len(old_inst), old_inst.index(d)))
-        pools_init[d] = set(free[d]) | set(released)
+        old_kept = layout.weight_pages(len(old_inst), old_inst.index(d))
+        assert old_kept.start <= kept.start and kept.stop <= old_kept.stop
+        pools_init[d] = list(free[d]) + released
     _check_room(seqs, instances, merged, max_tp, pools_init, placed or {})
     seq_instance = {s.seq_id: 0 for s in seqs}
-    pools = _Pools(layout, pools_init)
+    pools = _Pools(pools_init)
     moves, seq_pages, freed = _relocate(seqs, instances, [merged], seq_instance, max_tp, pools, {}, placed or {})
     return TransformPlan([merged], seq_instance, seq_pages, coalesce(moves), [],
                          {d: pools.left(d) + freed[d] for d in devices}, len(moves))
@@ -198,7 +217,7 @@ def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqK
         for d in part:
             have = groups_of(devices, max_tp, d)
             need = groups_of(part, max_tp, d)
-            pinned[d] = set(layout.weight_pages(len(part), part.index(d)))
+            pinned[d] = layout.weight_pages(len(part), part.index(d))
             for g in need:
                 if g not in have and (d, g) not in fetched:
                     src = owner_of(devices, max_tp, g)
@@ -216,12 +235,12 @@ def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqK
         need = sum(len(s.pages[0]) for s in seqs)
         raise TransformError(f"split refused: the running requests need {need} KV blocks and the "
                              f"{k} resulting instances cannot hold them once the full weights are back")
-    pools = _Pools(layout, {d: set(free[d]) - pinned[d] for d in devices})
+    pools = _Pools({d: _outside(pages_array(free[d]), pinned[d]).tolist() for d in devices})
     moves, seq_pages, freed = _relocate(seqs, [devices], parts, seq_instance, max_tp, pools, pinned, placed or {})
     free_after = {}
     for part in parts:
         for d in part:
-            kept_before = set(layout.weight_pages(T, devices.index(d)))
-            released = kept_before - pinned[d]
-            free_after[d] = sorted((set(pools.left(d)) | set(freed[d]) | released) - pinned[d])
+            kept_before = pages_array(layout.weight_pages(T, devices.index(d)))
+            pages = np.concatenate([pages_array(pools.left(d)), pages_array(freed[d]), kept_before])
+            free_after[d] = np.unique(_outside(pages, pinned[d])).tolist()
     return TransformPlan(parts, seq_instance, seq_pages, coalesce(moves), weight_moves, free_after, len(moves))

@@ -22,8 +22,16 @@ class Step(Command):
 
 @dataclass(frozen=True)
 class CopyPages(Command):
-    """Pre-copy page runs (tagged by plan index) while serving at the current degree; answers bytes sent."""
+    """Pre-copy page runs (tagged by plan index) while serving at the current degree; answers CopyDone."""
     moves: list[tuple[int, Move]]
+
+
+@dataclass(frozen=True)
+class CopyDone:
+    """A device's answer to CopyPages: bytes that left it, and how long its part took (what sizes
+    the next chunk)."""
+    sent: int
+    seconds: float
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from gyges.model.loader import LazyWeights, load_config
 from gyges.transform import peer_reads
 from gyges.transform.execute import run_moves
 from gyges.transform.peer_reads import PeerArenas
-from gyges.worker.commands import Command, CopyPages, Info, Shutdown, Step, Transform
+from gyges.worker.commands import Command, CopyDone, CopyPages, Info, Shutdown, Step, Transform
 from gyges.worker.rss import peak_rss, reset_peak_rss
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -96,7 +96,7 @@ def cuda_device(rank: int) -> torch.device:
 
 
 class Worker:
-    HANDLERS = {Step: lambda w, m: w.step(m.batch), CopyPages: lambda w, m: w.move_pages(m.moves),
+    HANDLERS = {Step: lambda w, m: w.step(m.batch), CopyPages: lambda w, m: w.precopy(m.moves),
                 Transform: lambda w, m: w.transform(m), Info: lambda w, m: w.info()}
 
     def __init__(self, rank: int, spec: WorkerSpec):
@@ -230,6 +230,11 @@ class Worker:
         logits = logits.cpu()
         tokens = sample(logits, s.samples)
         return tokens, (logits.numpy() if s.want_logits else None), token_logprobs(logits, s.samples, tokens)
+
+    def precopy(self, moves: list) -> CopyDone:
+        t0 = time.perf_counter()
+        sent = self.move_pages(moves)
+        return CopyDone(sent, time.perf_counter() - t0)
 
     def move_pages(self, moves: list) -> int:
         """Move page runs (tagged by plan index) arena to arena; returns the bytes that leave this device."""

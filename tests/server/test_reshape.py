@@ -18,9 +18,10 @@ def words(i: int, n: int) -> list[int]:
 
 
 async def stream(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], max_tokens: int) -> dict:
-    """One streamed completion: token arrival times and the final text."""
+    """One streamed completion: the arrival time of each token (counted from the logprobs, since a
+    random model's special tokens have no text) and the finish reason."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            "stream": True}
+            "stream": True, "logprobs": 0}
     times, finish = [], None
     async with client.stream("POST", f"{url}/v1/completions", json=body, timeout=300) as r:
         assert r.status_code == 200, await r.aread()
@@ -29,8 +30,8 @@ async def stream(client: httpx.AsyncClient, url: str, model: str, prompt: list[i
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("choices"):
-                if chunk["choices"][0]["text"]:
-                    times.append(time.monotonic())
+                now = time.monotonic()
+                times += [now] * len((chunk["choices"][0].get("logprobs") or {}).get("tokens") or [])
                 finish = chunk["choices"][0].get("finish_reason") or finish
     return {"times": times, "finish": finish, "prompt": len(prompt)}
 
@@ -58,13 +59,13 @@ def wait_for_layout(url: str, devices: list[list[int]], timeout: float) -> dict:
     raise AssertionError(f"layout is {[i['devices'] for i in cluster(url)['instances']]}, expected {devices}")
 
 
-def round_profile(path) -> str:
+def round_profile(path, link_latency: float = 20e-6) -> str:
     """A CPU profile with round constants (per-step overhead, all-reduce latency, half-efficient
     memory and link), so the policy's choices here do not depend on a fit made on a busy machine."""
     from gyges.policy.cost_model import HardwareProfile
     from gyges.policy.profiles import profile_dict
     hw = HardwareProfile("round test CPU", mem_bandwidth=10e9, peak_flops=160e9, link_bandwidth=5e9,
-                         link_latency=20e-6, memory_bytes=1 << 20, mem_efficiency=0.5, flop_efficiency=0.3,
+                         link_latency=link_latency, memory_bytes=1 << 20, mem_efficiency=0.5, flop_efficiency=0.3,
                          link_efficiency=0.5, step_overhead_s=2e-3, switch_overhead_s=0.01)
     path.write_text(json.dumps({"profile": profile_dict(hw)}))
     return str(path)
@@ -121,25 +122,36 @@ def test_alternating_short_and_long_arrivals_do_not_thrash(reshaping_server):
 
 @pytest.mark.slow
 def test_64_streams_keep_their_pace_through_two_transformations(tmp_path):
-    """SmolLM2 in fp32 on 2 devices; 64 concurrent streams of mixed lengths; long requests make it
-    merge and then split. Every stream completes, and no request running through a transformation
-    waits more than 2x its own median gap between tokens (requests that arrived held for the merge,
-    or were queued behind it, are exempt: they were not running)."""
-    server = start_server(None, "--devices", "2", "--device-memory", "800MiB", "--dtype", "float32", "--policy", "gyges",
-                          "--min-dwell", "2", "--max-num-seqs", "64", "--threads-per-device", "1",
-                          "--served-model-name", "smol")
+    """A random Llama of 8 layers x 512 wide (steps of tens of ms, like a real model's, where a tiny
+    model's few-ms steps would time the HTTP stack) on 2 devices; 64 concurrent streams: 62 of mixed
+    lengths, admitted within the first seconds and decoding, then two longer than a TP1 instance
+    holds: the cluster merges, serves them, and splits back while short ones still run. Every stream completes, and no request running
+    through a transformation waits more than 2x its own median gap between tokens (requests that
+    arrived held for the merge, or were queued behind it, are exempt: they were not running)."""
+    model = make_tiny_model(tmp_path / "mid", "llama", hidden_size=512, intermediate_size=1408,
+                            num_hidden_layers=8, max_position_embeddings=16384)
+    # all-reduce latency as on this machine's CPU (2 x TP1 serves about 1.2x one TP2 here), and TP1
+    # instances that hold their share of the short requests: then the parts of a split serve more
+    # once the long requests are gone
+    server = start_server(model, "--cost-profile", round_profile(tmp_path / "cpu.json", link_latency=2e-4),
+                          "--devices", "2", "--device-memory", "240MiB", "--dtype", "float32", "--policy", "gyges",
+                          "--min-dwell", "2", "--max-num-seqs", "32", "--output-estimate", "128",
+                          "--max-num-batched-tokens", "256",
+                          "--threads-per-device", "1", "--served-model-name", "mid")
     try:
         url = server.url
         cap = cluster(url)["instances"][0]["kv_capacity_tokens"]
-        jobs = [(0.05 * i, words(i, 16 + (i * 7) % 48), 48 + (i * 13) % 80) for i in range(62)]
-        jobs += [(1.0, words(100, cap + 64), 16), (1.2, words(101, cap + 32), 16)]
-        results = asyncio.run(send_all(url, "smol", jobs))
+        jobs = [(0.01 * i, words(i, 16 + (i * 7) % 48), 48 + (i * 13) % 200) for i in range(62)]
+        jobs += [(4.0, words(100, cap + 64), 16), (4.2, words(101, cap + 32), 16)]  # once all decode
+        results = asyncio.run(send_all(url, "mid", jobs))
         info = wait_for_layout(url, [[0], [1]], timeout=60)
     finally:
         stop_server(server)
-    assert all(len(r["times"]) == n for r, (_, _, n) in zip(results, jobs))
+    short = [(i, len(r["times"]), n, r["finish"]) for i, (r, (_, _, n)) in enumerate(zip(results, jobs))
+             if len(r["times"]) != n]
+    assert not short, short
     kinds = [t["kind"] for t in info["transformations"]]
-    assert len(kinds) >= 2 and kinds[0] == "merge"
+    assert len(kinds) >= 2 and kinds[:2] == ["merge", "split"], info["transformations"]
     windows = [(t["started_at"], t["started_at"] + t["duration_s"]) for t in info["transformations"]]
     worst = []
     for r in results:
@@ -148,8 +160,11 @@ def test_64_streams_keep_their_pace_through_two_transformations(tmp_path):
         if len(gaps) < 4:
             continue
         med = statistics.median(gaps)
-        across = [b - a for a, b in zip(ts, ts[1:]) if any(a <= w1 and b >= w0 for w0, w1 in windows)]
-        if across and ts[0] < windows[0][0]:  # running before the transformation began
-            worst.append(max(across) / med)
-    print(f"{len(worst)} streams ran through a transformation; worst gap / own median: {max(worst):.2f}")
-    assert worst and max(worst) <= 2.0
+        across = [(b - a, k) for a, b in zip(ts, ts[1:]) for k, (w0, w1) in enumerate(windows) if a <= w1 and b >= w0]
+        for gap, k in across:
+            if ts[0] < windows[k][0]:  # running before the transformation began
+                worst.append((gap / med, k, round(1e3 * gap), round(1e3 * med)))
+    print(f"{len(worst)} (stream, transformation) pairs; worst gap / own median, transformation, gap ms, "
+          f"median ms: {sorted(worst)[-5:]}; transformations {info['transformations']}")
+    assert {k for _, k, *_ in worst} >= {0, 1}, "streams must run through the merge and the split"
+    assert max(w[0] for w in worst) <= 2.0
