@@ -1,4 +1,6 @@
 """Continuous batching decisions, tested without any model."""
+import pytest
+
 from gyges.engine.kv_pool import DevicePages, KVPool
 from gyges.engine.scheduler import Scheduler
 from gyges.engine.sequence import SamplingParams, Sequence, Status
@@ -70,3 +72,25 @@ def test_tp_instance_takes_pages_for_its_head_groups_on_every_device():
     assert [len(d.free) for d in sched.pool.devices] == [4, 4]  # each device: 2 groups x 2 blocks
     sched.finish(s, "stop")
     assert [len(d.free) for d in sched.pool.devices] == [8, 8]
+
+
+def test_without_admit_only_running_requests_step():
+    """The first step after a transformation: what ran through the switch steps, nothing new joins."""
+    sched = make(budget=8)
+    running, waiting = seq(3), seq(5)
+    sched.add(running)
+    advance(sched, sched.schedule())
+    sched.add(waiting)
+    b = sched.schedule(admit=False)
+    assert b.seqs == [running] and list(sched.waiting) == [waiting]
+    advance(sched, b)
+    assert sched.schedule().seqs == [running, waiting]
+
+
+def test_reserving_pages_takes_exactly_those_off_the_free_list():
+    pages = DevicePages(list(range(10)))
+    assert pages.take(2) == [0, 1]
+    pages.reserve({2, 3, 7})
+    assert pages.num_free == 5 and pages.free_pages() == [4, 5, 6, 8, 9]
+    with pytest.raises(ValueError):
+        pages.reserve({3})

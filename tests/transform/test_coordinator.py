@@ -1,4 +1,6 @@
 """Merge and split on a live cluster: requests keep decoding and match an untransformed run."""
+from collections import deque
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -9,6 +11,7 @@ from gyges.engine.sequence import SamplingParams
 from gyges.kernels.build import library, unavailable_reason
 from gyges.memory.layout import device_layout
 from gyges.model.config import ModelConfig
+from gyges.transform.coordinator import FIRST_CHUNK_BYTES, _take, chunk_budget
 from gyges.transform.plan import Move, TransformError
 from gyges.worker.commands import Transform
 from gyges.worker.handle import recv_all
@@ -196,3 +199,15 @@ def test_bf16_4xtp1_to_tp2_to_tp4_and_back_with_packed_weights(tmp_path, kernels
     worst = check_against_reference(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), outs,
                                      BF16_TOLERANCE)
     print(f"bf16 through merge/split ({'kernels' if kernels else 'pytorch'}): max relative logit error {worst:.2e}")
+
+
+def test_precopy_chunks_take_a_quarter_step_of_copying_and_split_long_runs():
+    assert chunk_budget(0.0, 1e9) == chunk_budget(0.1, 0.0) == FIRST_CHUNK_BYTES
+    assert chunk_budget(0.2, 1e9) == 50_000_000          # a CPU: 200 ms steps at 1 GB/s
+    assert chunk_budget(0.03, 300e9) == 2_250_000_000    # a GPU: 30 ms steps at 300 GB/s
+    todo = deque([Move(0, 1, 10, 20, 5), Move(1, 0, 3, 4)])
+    assert _take(todo, 3 * 100, 100) == [Move(0, 1, 10, 20, 3)]
+    assert _take(todo, 3 * 100, 100) == [Move(0, 1, 13, 23, 2), Move(1, 0, 3, 4)]
+    assert not todo
+    todo = deque([Move(0, 1, 0, 0, 2)])
+    assert _take(todo, 1, 100) == [Move(0, 1, 0, 0, 1)]  # at least one page

@@ -110,3 +110,4 @@ def test_merge_rejects_misaligned_or_mixed_instances():
         plan_merge(LAYOUT, [[1], [2]], [], {1: [], 2: []})
     with pytest.raises(TransformError, match="one TP degree"):
         plan_merge(LAYOUT, [[0, 1], [2]], [], {})
+
