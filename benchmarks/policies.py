@@ -208,8 +208,10 @@ class Run:
 
 def run(s: Setup, url: str, w: Workload, concurrency: int | None = None, baseline: Baseline | None = None) -> Run:
     before = _get(f"{url}/v1/cluster")
+    n = len(w.requests)  # a rate fails once more than 10% have certainly missed: stop there
     cfg = BenchConfig(url, model=s.name, seed=s.args.seed, vocab_size=s.vocab_size, max_concurrency=concurrency,
-                      slo=SLO if baseline else {}, slo_baseline=baseline, progress=False)
+                      slo=SLO if baseline else {}, slo_baseline=baseline, progress=False,
+                      give_up_misses=n - math.ceil(ATTAIN * n) + 1 if baseline else None)
     start = time.time()
     res = run_benchmark(cfg, w)
     while (c := _get(f"{url}/v1/cluster"))["pending"] is not None:  # a transformation may still be finishing
@@ -272,7 +274,7 @@ def summary(r: Run, rate: float) -> dict:
             "ttft_p50_s": float(np.median(ttft)), "ttft_p99_s": float(np.percentile(ttft, 99)),
             "tpot_p50_s": float(np.median(tpot)), "tpot_p99_s": float(np.percentile(tpot, 99)),
             "completed": m.completed, "rejected": rejected, "failed": len(recs) - m.completed - rejected,
-            "transformations": len(r.transformations), "duration_s": m.duration_s}
+            "transformations": len(r.transformations), "duration_s": m.duration_s, "gave_up": r.result.gave_up}
 
 
 def sweep(attempt: Callable[[float], dict], start: float, factor: float, max_runs: int) -> list[dict]:
@@ -331,7 +333,8 @@ def compare(s: Setup) -> tuple[dict, dict]:
             out = summary(r, rate) | {"time_scale": time_scale_for_rate(s.workload.requests, rate)}
             print(f"    {name:<14} {rate:7.3f} req/s: SLO {100 * out['slo_attainment']:5.1f}%  "
                   f"{out['throughput_tok_s']:7.1f} tok/s  TTFT p50 {out['ttft_p50_s']:.3f} s  "
-                  f"rejected {out['rejected']}  failed {out['failed']}  transformations {out['transformations']}",
+                  f"rejected {out['rejected']}  failed {out['failed']}  transformations {out['transformations']}"
+                  f"{'  (gave up early)' if out['gave_up'] else ''}",
                   flush=True)
             return out
         rates = sweep(attempt, start, s.args.factor, s.args.max_runs)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from gyges.bench.client import completion_payload, send
 from gyges.bench.metrics import BenchMetrics, RequestRecord, compute_metrics
-from gyges.bench.slo import Baseline, attainment
+from gyges.bench.slo import Baseline, attainment, missed_already
 from gyges.bench.traces import TraceRequest, load_trace
 from gyges.bench.workload import Workload, gamma_arrivals, prompt_tokens, scale_trace, with_arrivals
 
@@ -40,6 +40,9 @@ class BenchConfig:
     percentiles: tuple[float, ...] = (90.0, 99.0)
     progress: bool = True
     timeout_s: float = 6 * 3600
+    # stop as soon as this many requests have certainly missed the SLO (a rate sweep only needs to know
+    # that a rate failed, and overloaded runs are the longest); the rest end as errors, i.e. misses
+    give_up_misses: int | None = None
 
     def __post_init__(self):
         if not self.endpoint.endswith("/completions") or self.endpoint.endswith("chat/completions"):
@@ -50,6 +53,8 @@ class BenchConfig:
             raise ValueError(f"warmup must be non-negative, got {self.warmup}")
         if self.slo and self.slo_baseline is None:
             raise ValueError("an SLO that scales with length needs a baseline of unloaded runs")
+        if self.give_up_misses is not None and (self.give_up_misses < 1 or not self.slo):
+            raise ValueError("give_up_misses needs an SLO and must be positive")
 
 
 @dataclass
@@ -59,6 +64,7 @@ class BenchResult:
     records: list[RequestRecord]
     metrics: BenchMetrics
     slo_attainment: float | None
+    gave_up: bool = False  # stopped early: give_up_misses requests had missed the SLO
 
 
 def build_workload(cfg: BenchConfig) -> Workload:
@@ -111,12 +117,30 @@ async def benchmark(cfg: BenchConfig, workload: Workload | None = None) -> Bench
             bar.update(1)
 
         t0, tasks = time.perf_counter(), []
+        gave_up = asyncio.Event()
+        watch = asyncio.create_task(_watch(cfg, records, t0, gave_up)) if cfg.give_up_misses else None
         for i, r in enumerate(w.requests):
             delay = t0 + r.arrival_s - time.perf_counter()
             if delay > 0:
-                await asyncio.sleep(delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(gave_up.wait(), delay)
+            if gave_up.is_set():
+                break
             tasks.append(asyncio.create_task(one(i, r)))
-        await asyncio.gather(*tasks)
+        done = asyncio.ensure_future(asyncio.gather(*tasks))
+        await asyncio.wait([done, asyncio.ensure_future(gave_up.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if gave_up.is_set():
+            for t in tasks:
+                t.cancel()  # the connection closes: the server aborts the request
+            await asyncio.gather(*tasks, return_exceptions=True)
+            end = time.perf_counter() - t0
+            for rec in records:
+                if rec.finish_s is None or math.isnan(rec.send_s):
+                    rec.error = rec.error or f"not finished: the run gave up after {cfg.give_up_misses} SLO misses"
+                    rec.send_s = end if math.isnan(rec.send_s) else rec.send_s
+                    rec.finish_s = end
+        if watch is not None:
+            watch.cancel()
         bar.close()
     metrics = compute_metrics(records, cfg.percentiles, cfg.goodput_ms or None)
     slo = None
@@ -124,7 +148,20 @@ async def benchmark(cfg: BenchConfig, workload: Workload | None = None) -> Bench
         slo = attainment([(r.prompt_len, r.ttft_s if r.success else None,
                            r.tpot_s if r.success and r.output_tokens > 1 else None) for r in records],
                          cfg.slo, cfg.slo_baseline)
-    return BenchResult(cfg, w, records, metrics, slo)
+    return BenchResult(cfg, w, records, metrics, slo, gave_up.is_set())
+
+
+async def _watch(cfg: BenchConfig, records: list[RequestRecord], t0: float, gave_up: asyncio.Event):
+    """Set `gave_up` once cfg.give_up_misses requests have certainly missed the SLO."""
+    while True:
+        now = time.perf_counter() - t0
+        misses = sum(missed_already(r.prompt_len, now - r.send_s, r.ttft_s if r.first_token_s is not None else None,
+                                    bool(r.error), cfg.slo, cfg.slo_baseline)
+                     for r in records if not math.isnan(r.send_s))
+        if misses >= cfg.give_up_misses:
+            gave_up.set()
+            return
+        await asyncio.sleep(0.2)
 
 
 def run_benchmark(cfg: BenchConfig, workload: Workload | None = None) -> BenchResult:

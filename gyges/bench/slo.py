@@ -123,3 +123,16 @@ def attainment(outcomes: list[tuple[int, float | None, float | None]], slo: dict
     if not outcomes:
         raise ValueError("no requests to measure SLO attainment over")
     return sum(meets_slo(p, t, s, slo, baseline) for p, t, s in outcomes) / len(outcomes)
+
+
+def missed_already(prompt_len: int, waited_s: float, ttft_s: float | None, failed: bool, slo: dict[str, float],
+                   baseline: Baseline) -> bool:
+    """Whether a request still running (or done) has certainly missed the SLO: it failed, its first
+    token came too late, or none came within the TTFT limit after `waited_s`. A TPOT miss is only
+    certain at the end, so it is not counted: the count never overstates."""
+    if failed:
+        return True
+    if "ttft" not in slo:
+        return False
+    limit = slo["ttft"] * baseline.ttft(prompt_len)
+    return (ttft_s if ttft_s is not None else waited_s) > limit

@@ -17,7 +17,7 @@ TRACE = [{"timestamp": 0, "input_length": 1024, "output_length": 64, "hash_ids":
 class FakeServer:
     """Streams one chunk per token, 1 ms apart, then the usage chunk; remembers every request. Modes
     for the client's error paths: "no_usage" leaves out the usage chunk, "empty" sends no token,
-    "error" sends an error event after the first token."""
+    "error" sends an error event after the first token, "slow" waits 5 s before the first token."""
 
     def __init__(self, mode: str = "normal"):
         self.mode = mode
@@ -36,6 +36,8 @@ class FakeServer:
         await resp.prepare(request)
         await resp.write(b": ping\n\n")
         n = {"empty": 0, "error": 1}.get(self.mode, body["max_tokens"])
+        if self.mode == "slow":
+            await asyncio.sleep(5)
         for i in range(n):
             await asyncio.sleep(0.001)
             await resp.write(f"data: {json.dumps({'choices': [{'index': 0, 'text': f't{i}'}]})}\n\n".encode())

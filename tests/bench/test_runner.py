@@ -71,3 +71,22 @@ def test_replay_names_every_block_for_vllm_timed_trace():
     lines = replay_lines(BenchResult(BenchConfig(base_url="", vocab_size=500), w, recs, None, None))
     assert [x["hash_ids"] for x in lines] == [[8, 9, 10], [7], [11]]
     assert [x["timestamp"] for x in lines] == [0.0, 100.0, 200.0]
+
+
+def test_a_run_gives_up_once_enough_requests_have_missed_the_slo(trace):
+    """A sweep only needs to know that a rate failed: with give_up_misses=1 the first request whose
+    TTFT limit passes without a token ends the run; what was running or not yet sent ends as a miss."""
+    import time
+    cfg = BenchConfig(base_url="", trace=trace, length_scale=1 / 32, time_scale=1.0, vocab_size=500,
+                      slo={"ttft": 5.0}, slo_baseline=Baseline(Line(0.01), Line(1.0)), give_up_misses=1,
+                      progress=False)
+    with FakeServer("slow") as srv:
+        cfg.base_url = srv.url
+        t0 = time.perf_counter()
+        res = run_benchmark(cfg)
+        took = time.perf_counter() - t0
+    assert res.gave_up and took < 2.0  # the first token would have come after 5 s
+    assert len(srv.bodies) < 4 and res.metrics.completed == 0 and res.slo_attainment == 0.0
+    assert all("gave up after 1 SLO misses" in r.error for r in res.records)
+    with pytest.raises(ValueError):
+        BenchConfig(base_url="x", give_up_misses=1)

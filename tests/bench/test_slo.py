@@ -56,3 +56,14 @@ def test_baseline_from_json_or_unloaded_result(tmp_path):
         load_baseline(tmp_path / "x.json")
     with pytest.raises(ValueError, match="TPOT"):
         fit_baseline([1], [0.1], [None])
+
+
+def test_a_miss_is_counted_only_once_it_is_certain():
+    from gyges.bench.slo import missed_already
+    b, slo = Baseline(Line(0.1, 0.001), Line(0.01)), {"ttft": 2.0, "tpot": 2.0}  # TTFT limit 0.4 s at 100 tokens
+    assert not missed_already(100, 0.3, None, False, slo, b)       # still waiting, within the limit
+    assert missed_already(100, 0.5, None, False, slo, b)           # waited past it
+    assert missed_already(100, 9.0, 0.5, False, slo, b)            # its first token came late
+    assert not missed_already(100, 9.0, 0.3, False, slo, b)        # on time; a TPOT miss is not certain yet
+    assert missed_already(100, 0.0, None, True, slo, b)            # failed or rejected
+    assert not missed_already(100, 9.0, None, False, {"tpot": 2.0}, b)
