@@ -127,12 +127,16 @@ async def benchmark(cfg: BenchConfig, workload: Workload | None = None) -> Bench
             if gave_up.is_set():
                 break
             tasks.append(asyncio.create_task(one(i, r)))
-        done = asyncio.ensure_future(asyncio.gather(*tasks))
-        await asyncio.wait([done, asyncio.ensure_future(gave_up.wait())], return_when=asyncio.FIRST_COMPLETED)
-        if gave_up.is_set():
+        done, stop = asyncio.ensure_future(asyncio.gather(*tasks)), asyncio.ensure_future(gave_up.wait())
+        await asyncio.wait([done, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not gave_up.is_set():
+            await done  # raises what a request task raised
+        else:
             for t in tasks:
                 t.cancel()  # the connection closes: the server aborts the request
-            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await done
             end = time.perf_counter() - t0
             for rec in records:
                 if rec.finish_s is None or math.isnan(rec.send_s):
