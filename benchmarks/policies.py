@@ -2,6 +2,8 @@
 devices and the same trace slice; for each, the highest request rate at which at least 90% of the
 requests meet a length-scaled SLO (`ttft:5x tpot:5x` of unloaded runs in this same benchmark).
 
+Arrivals: requests that share a timestamp are spread over the trace's resolution (spread_ties: Mooncake's
+first 60 requests come in 6 bursts of 10-16 at whole 3-second steps, which no rate rescaling separates).
 Scaling: lengths shrink by --length-scale, chosen so the slice's mean request is --mean-tokens
 long, and each device gets the memory for weights plus 46K x length-scale tokens of KV at TP1: the
 share of the trace one 80 GB H100 holds for Qwen2.5-32B. Then the requests that need a merge on
@@ -38,7 +40,7 @@ from gyges.bench.metrics import RequestRecord  # noqa: E402
 from gyges.bench.runner import BenchConfig, BenchResult, run_benchmark  # noqa: E402
 from gyges.bench.slo import Baseline, fit_baseline  # noqa: E402
 from gyges.bench.traces import load_trace  # noqa: E402
-from gyges.bench.workload import Workload, scale_trace, time_scale_for_rate, with_arrivals  # noqa: E402
+from gyges.bench.workload import Workload, scale_trace, spread_ties, time_scale_for_rate, with_arrivals  # noqa: E402
 from gyges.memory.layout import device_layout, units_per_block  # noqa: E402
 from gyges.model.loader import load_config  # noqa: E402
 
@@ -110,7 +112,7 @@ def aligned_layouts(devices: int, start: int = 0) -> list[tuple[int, ...]]:
 def scaled(trace: str, devices: int, args, model: Path) -> Setup:
     """The slice scaled to --mean-tokens per request and the device memory whose TP1 instance holds
     REAL_KV_TOKENS x length-scale tokens of KV."""
-    reqs = load_trace(trace)[:args.requests]
+    reqs = spread_ties(load_trace(trace)[:args.requests])  # as the simulator does: see spread_ties
     ls = args.mean_tokens / float(np.mean([r.input_len + r.output_len for r in reqs]))
     config = load_config(model)
     probe = device_layout(config, devices, args.block_size, DTYPE_BYTES[args.dtype], 0)

@@ -67,6 +67,25 @@ def gamma_arrivals(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) 
     return (times * (n / rate / times[-1])).tolist()
 
 
+def spread_ties(trace: list[TraceRequest]) -> list[TraceRequest]:
+    """Requests that share a timestamp spread evenly over the trace's resolution (its smallest gap
+    between distinct timestamps). Mooncake's are whole seconds: 90% of its requests tie with the one
+    before, and rescaling never separates a tie, so every rate would see the same bursts of up to 28
+    simultaneous requests and the sweep would measure the bursts, not the rate."""
+    times = sorted({r.arrival_s for r in trace})
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    if len(times) == len(trace) or not gaps:
+        return list(trace)
+    res, out, i = min(gaps), [], 0
+    while i < len(trace):
+        j = i
+        while j < len(trace) and trace[j].arrival_s == trace[i].arrival_s:
+            j += 1
+        out += [replace(r, arrival_s=r.arrival_s + res * k / (j - i)) for k, r in enumerate(trace[i:j])]
+        i = j
+    return out
+
+
 def with_arrivals(reqs: list[TraceRequest], times: list[float]) -> list[TraceRequest]:
     if len(times) != len(reqs):
         raise ValueError(f"{len(times)} send times for {len(reqs)} requests")

@@ -10,13 +10,13 @@ import numpy as np
 
 from gyges.bench.slo import Baseline, Line, meets_slo, parse_slo
 from gyges.bench.traces import load_trace
-from gyges.bench.workload import scale_trace, time_scale_for_rate
+from gyges.bench.workload import scale_trace, spread_ties, time_scale_for_rate
 from gyges.policy.policy import GygesPolicy, StaticPolicy
 from gyges.sim import layouts
 from gyges.sim.peers import peers
 from gyges.sim.profiles import GPUS, MODELS, gpu, model
 from gyges.sim.run import GiveUp, Setup, SimResult, simulate, unloaded
-from gyges.sim.sweep import max_rate, spread_ties
+from gyges.sim.sweep import max_rate
 
 ATTAINMENT = 0.9  # the share of requests that must meet the SLO at a sustained rate
 

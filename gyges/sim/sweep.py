@@ -4,9 +4,6 @@ Pure: `attains(rate) -> bool` runs one simulation with the trace's arrivals resc
 says whether enough requests met the SLO; this module only picks which rates to try.
 """
 from collections.abc import Callable
-from dataclasses import replace
-
-from gyges.bench.traces import TraceRequest
 
 
 def max_rate(attains: Callable[[float], bool], start: float, rel_tol: float = 0.05,
@@ -42,20 +39,3 @@ def max_rate(attains: Callable[[float], bool], start: float, rel_tol: float = 0.
     return lo
 
 
-def spread_ties(trace: list[TraceRequest]) -> list[TraceRequest]:
-    """Requests that share a timestamp spread evenly over the trace's resolution (its smallest gap
-    between distinct timestamps). Mooncake's are whole seconds: 90% of its requests tie with the one
-    before, and rescaling never separates a tie, so every rate would see the same bursts of up to 28
-    simultaneous requests and the sweep would measure the bursts, not the rate."""
-    times = sorted({r.arrival_s for r in trace})
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    if len(times) == len(trace) or not gaps:
-        return list(trace)
-    res, out, i = min(gaps), [], 0
-    while i < len(trace):
-        j = i
-        while j < len(trace) and trace[j].arrival_s == trace[i].arrival_s:
-            j += 1
-        out += [replace(r, arrival_s=r.arrival_s + res * k / (j - i)) for k, r in enumerate(trace[i:j])]
-        i = j
-    return out

@@ -83,3 +83,12 @@ def test_scaled_mooncake_prompts_share_the_system_prefix():
     w = scale_trace(load_trace("mooncake-conversation"), length_scale=1 / 16, max_requests=2)
     p0, p1 = (prompt_tokens(r, i, w.block_tokens, 49152) for i, r in enumerate(w.requests))
     assert w.block_tokens == 32 and p0[:32] == p1[:32] and p0[32:64] != p1[32:64]
+
+
+def test_spread_ties_over_the_resolution():
+    from gyges.bench.traces import TraceRequest
+    from gyges.bench.workload import spread_ties
+    trace = [TraceRequest(t, 10, 2) for t in (0.0, 0.0, 0.0, 0.0, 1.0, 3.0, 3.0)]
+    assert [r.arrival_s for r in spread_ties(trace)] == [0.0, 0.25, 0.5, 0.75, 1.0, 3.0, 3.5]
+    distinct = [TraceRequest(0.1 * i, 10, 2) for i in range(5)]
+    assert spread_ties(distinct) == distinct

@@ -20,10 +20,3 @@ def test_max_rate_none_attains():
     assert max_rate(lambda r: False, 1.0, max_runs=6) == 0.0
 
 
-def test_spread_ties_over_the_resolution():
-    from gyges.bench.traces import TraceRequest
-    from gyges.sim.sweep import spread_ties
-    trace = [TraceRequest(t, 10, 2) for t in (0.0, 0.0, 0.0, 0.0, 1.0, 3.0, 3.0)]
-    assert [r.arrival_s for r in spread_ties(trace)] == [0.0, 0.25, 0.5, 0.75, 1.0, 3.0, 3.5]
-    distinct = [TraceRequest(0.1 * i, 10, 2) for i in range(5)]
-    assert spread_ties(distinct) == distinct
