@@ -21,7 +21,7 @@ from gyges.engine.scheduler import ScheduledBatch, Scheduler
 from gyges.engine.sequence import Sequence, Status
 from gyges.memory.layout import DeviceLayout, units_per_block
 from gyges.policy import snapshot as ps
-from gyges.transform.coordinator import TransformReport, Transition
+from gyges.transform.coordinator import TransformReport, Transition, one_more_step
 from gyges.transform.plan import TransformError, kv_page_order
 from gyges.worker.errors import WorkerError
 
@@ -75,6 +75,7 @@ class Pending:
     future: Future = field(default_factory=Future)
     phase_in_flight: bool = False
     switching: bool = False
+    extra_step: set = field(default_factory=set)  # old instances that took their one step past the pre-copy
     phase_t0: float = 0.0
 
 
@@ -282,8 +283,19 @@ class Controller:
             self.backend.cut(inst)
 
     def _paused(self, inst: Instance) -> bool:
+        """No new step for an instance the switch waits on, except one step that aligns it with the
+        others (`one_more_step`)."""
         p = self.pending
-        return p is not None and p.switching and inst in p.transition.old
+        if p is None or not p.switching or inst not in p.transition.old:
+            return False
+        if inst in p.extra_step:
+            return True
+        now = self.backend.now()
+        left = [i.launched + i.step_s - now for i in p.transition.old if i is not inst and i.stepping]
+        if one_more_step(inst.step_s, left):
+            p.extra_step.add(inst)
+            return False
+        return True
 
     def _complete(self, key, result):
         if isinstance(key, StepKey):

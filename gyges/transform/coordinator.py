@@ -21,6 +21,14 @@ FIRST_CHUNK_BYTES = 8 << 20  # the first pre-copy chunk, before the copy rate is
 PRECOPY_STEP_SHARE = 0.25    # a chunk runs between two steps of the instances involved: it may add this share
 
 
+def one_more_step(own_step_s: float, others_left_s: list[float]) -> bool:
+    """Before the switch every instance involved must be between steps. One that finishes first runs
+    one more step when the others still need more than half of its step: then whichever waits, waits
+    at most about half a step (the requests that ran through a switch otherwise wait up to a whole
+    extra step of the slowest instance, on top of the stall and the new instance's first step)."""
+    return own_step_s > 0 and bool(others_left_s) and max(others_left_s) > own_step_s / 2
+
+
 def chunk_budget(step_s: float, bytes_per_s: float) -> int:
     """Bytes of the next pre-copy chunk: what the devices copy in a quarter of the involved instances'
     step (on a GPU, gigabytes; on a CPU, megabytes), or FIRST_CHUNK_BYTES until both are known."""

@@ -211,3 +211,12 @@ def test_precopy_chunks_take_a_quarter_step_of_copying_and_split_long_runs():
     assert not todo
     todo = deque([Move(0, 1, 0, 0, 2)])
     assert _take(todo, 1, 100) == [Move(0, 1, 0, 0, 1)]  # at least one page
+
+
+def test_an_instance_that_finishes_first_steps_once_more_when_the_others_need_over_half_its_step():
+    from gyges.transform.coordinator import one_more_step
+    assert one_more_step(0.2, [0.15])          # waiting would cost 150 ms; stepping makes the other wait 50
+    assert not one_more_step(0.2, [0.08])      # waiting costs 80 ms, less than half a step
+    assert not one_more_step(0.2, [])          # nobody else in flight: switch now
+    assert not one_more_step(0.0, [0.5])       # its step length is not known yet
+    assert one_more_step(0.2, [0.05, 0.3])     # the slowest other instance decides
