@@ -144,10 +144,19 @@ def _post(url: str, body: dict, timeout: float = 600.0) -> dict:
         return json.loads(resp.read())
 
 
-def split_to_tp1(url: str):
-    """Split every merged instance of an idle Gyges server back into TP1 instances, the layout it
-    starts in, so every rate of a sweep starts alike (operator endpoint)."""
-    for inst in _get(f"{url}/v1/cluster")["instances"]:
+def split_to_tp1(url: str, timeout: float = 300.0):
+    """Split every merged instance of a Gyges server back into TP1 instances, the layout it starts
+    in, so every rate of a sweep starts alike (operator endpoint). Waits until it is idle first: the
+    requests of a run that gave up are aborted at their instance's next step."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = _get(f"{url}/v1/cluster")
+        if c["pending"] is None and not c["held"] and not any(i["running"] or i["waiting"] for i in c["instances"]):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not become idle in {timeout:.0f} s: {c}")
+        time.sleep(0.2)
+    for inst in c["instances"]:
         if inst["tp"] > 1:
             _post(f"{url}/v1/cluster/split", {"device": inst["devices"][0], "parts": inst["tp"]})
 
@@ -466,8 +475,8 @@ def table(key: str, out: dict) -> str:
             f"{'policy':<16}{'max rate':>9}{'tok/s':>9}{'goodput':>9}{'TTFT p50':>9}{'TTFT p99':>9}"
             f"{'TPOT p50':>9}{'rej':>5}{'fail':>5}{'trans':>6}{'vs best':>8}"]
     names = [n for n in out if n == "gyges" or n.startswith("static")]
-    serving = [out[n]["max_rate_at_slo"] for n in names if n.startswith("static") and not any(
-        r["rejected"] or r["failed"] for r in out[n]["rates"])]
+    serving = [out[n]["max_rate_at_slo"] for n in names if n.startswith("static") and not any(  # serves every request
+        r["rejected"] or (r["failed"] and not r.get("gave_up")) for r in out[n]["rates"])]
     best = max(serving, default=0.0)
     for n in names:
         p = out[n]
