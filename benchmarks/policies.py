@@ -201,7 +201,7 @@ def serve_setup(s: Setup, policy: str, layout: tuple[int, ...] | None = None, ma
     flags = ["--devices", str(s.devices), "--max-tp", str(max_tp or s.devices), "--device-memory",
              str(s.device_memory), "--dtype", s.args.dtype, "--block-size", str(s.args.block_size),
              "--threads-per-device", str(s.threads), "--served-model-name", s.name, "--policy", policy]
-    flags += ["--enable-operator-endpoints"] if policy == "gyges" else []
+    flags += ["--enable-operator-endpoints", "--min-dwell", str(s.args.min_dwell)] if policy == "gyges" else []
     with serve(s.model, flags + (["--static-layout", ",".join(map(str, layout))] if layout else []),
                s.args.start_timeout) as url:
         s.phases["of which server starts"] = s.phases.get("of which server starts", 0.0) + time.perf_counter() - t0
@@ -508,6 +508,8 @@ def main():
     ap.add_argument("--factor", type=float, default=2.0, help="rate step of the sweep before it bisects")
     ap.add_argument("--max-runs", type=int, default=5, help="rates tried per policy")
     ap.add_argument("--policies", nargs="+", default=None, help="only these, e.g. gyges static-2 (default: all)")
+    ap.add_argument("--min-dwell", type=float, default=10.0, help="Gyges' minimum dwell before a split (s); the "
+                    "server's default suits a trace at its own pace, not one compressed to a few tens of seconds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--start-timeout", type=float, default=600.0)
     ap.add_argument("--out", default=str(RESULTS / "policies.json"))
