@@ -285,7 +285,11 @@ def summary(r: Run, rate: float) -> dict:
             "ttft_p50_s": float(np.median(ttft)), "ttft_p99_s": float(np.percentile(ttft, 99)),
             "tpot_p50_s": float(np.median(tpot)), "tpot_p99_s": float(np.percentile(tpot, 99)),
             "completed": m.completed, "rejected": rejected, "failed": len(recs) - m.completed - rejected,
-            "transformations": len(r.transformations), "duration_s": m.duration_s, "gave_up": r.result.gave_up}
+            "transformations": len(r.transformations), "duration_s": m.duration_s, "gave_up": r.result.gave_up,
+            # each request, so a miss can be traced to its cause (held for a merge, queued, slow decode)
+            "requests": [{"prompt_len": x.prompt_len, "output_len": x.output_len, "send_s": x.send_s,
+                          "first_token_s": x.first_token_s, "finish_s": x.finish_s, "output_tokens": x.output_tokens,
+                          "error": x.error[:200]} for x in recs]}
 
 
 def sweep(attempt: Callable[[float], dict], start: float, factor: float, max_runs: int) -> list[dict]:
@@ -352,7 +356,7 @@ def compare(s: Setup) -> tuple[dict, dict]:
         good = [r for r in rates if r["slo_attainment"] >= ATTAIN]
         best = max(good, key=lambda r: r["rate"]) if good else min(rates, key=lambda r: r["rate"])
         results[name] = {"max_rate_at_slo": best["rate"] if good else 0.0,
-                         **{f: v for f, v in best.items() if f != "rate"}, "rates": rates}
+                         **{f: v for f, v in best.items() if f not in ("rate", "requests")}, "rates": rates}
         phase(f"sweep {name}", t1)
 
     t0 = time.perf_counter()
