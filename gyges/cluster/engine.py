@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from gyges.cluster.cluster import Cluster
 from gyges.cluster.config import ClusterConfig
 from gyges.engine.sequence import SamplingParams, Sequence
+from gyges.heap import freeze_heap
 from gyges.transform.coordinator import TransformReport
 from gyges.worker.handle import WorkerError
 
@@ -96,6 +97,7 @@ class Engine:
         self._lock = threading.Lock()
         self._accepting = True
         self._stop = threading.Event()
+        freeze_heap()
         self._thread = threading.Thread(target=self._loop, name="gyges-engine", daemon=True)
         self._thread.start()
 

@@ -3,46 +3,56 @@
 A logical block of a sequence is one page per head group; head group g lives on the device of
 rank g // m. Each device keeps its own free list, so page ids differ across ranks.
 """
+import numpy as np
+
 from gyges.engine.sequence import Sequence
 from gyges.memory.layout import units_per_block
 
 
 class DevicePages:
-    """The free KV pages of one device."""
+    """The free KV pages of one device: a stack in a numpy array, so that a transformation reads and
+    rewrites tens of thousands of free pages without a Python loop over them."""
 
-    def __init__(self, pages: list[int], capacity: int | None = None):
-        """`capacity`: KV pages the device has with nothing running (default: all of `pages`)."""
-        self.free = list(reversed(pages))
-        self.capacity = len(pages) if capacity is None else capacity
+    def __init__(self, pages, capacity: int | None = None):
+        """`pages`: in the order `take` hands them out; `capacity`: KV pages the device has with
+        nothing running (default: all of `pages`)."""
+        order = np.asarray(pages, dtype=np.int64).reshape(-1)
+        self._stack = order[::-1].copy()   # the next page to take is on top
+        self._top = len(order)
+        self.capacity = len(order) if capacity is None else capacity
 
     def take(self, n: int) -> list[int]:
-        if n > len(self.free):
-            raise MemoryError(f"asked for {n} pages, {len(self.free)} free")
-        taken = self.free[-n:] if n else []
-        del self.free[len(self.free) - n:]
-        return taken[::-1]
+        if n > self._top:
+            raise MemoryError(f"asked for {n} pages, {self._top} free")
+        self._top -= n
+        return self._stack[self._top:self._top + n][::-1].tolist()
 
-    def give(self, pages: list[int]):
-        self.free.extend(reversed(pages))
+    def give(self, pages):
+        n = len(pages)
+        if self._top + n > len(self._stack):
+            self._stack = np.concatenate([self._stack[:self._top], np.empty(max(n, self._top), np.int64)])
+        self._stack[self._top:self._top + n] = np.asarray(pages, dtype=np.int64)[::-1]
+        self._top += n
 
     @property
     def num_free(self) -> int:
-        return len(self.free)
+        return self._top
 
-    def free_pages(self) -> list[int]:
-        """The free pages in the order `take` hands them out."""
-        return self.free[::-1]
+    def free_pages(self) -> np.ndarray:
+        """The free pages in the order `take` hands them out (a copy)."""
+        return self._stack[:self._top][::-1].copy()
 
     def reserve(self, pages: set[int]):
-        """Take these particular free pages off the free list (a transformation's pre-copy targets).
-        They are usually the next ones `take` would give, so the search starts at that end."""
-        i, missing = len(self.free), len(pages)
-        while missing and i:
-            i -= 1
-            missing -= self.free[i] in pages
-        if missing:
-            raise ValueError(f"{missing} of the pages to reserve are not free")
-        self.free[i:] = [p for p in self.free[i:] if p not in pages]
+        """Take these particular free pages off the free list (a transformation's pre-copy targets)."""
+        if not pages:
+            return
+        live = self._stack[:self._top]
+        hit = np.isin(live, np.fromiter(pages, np.int64, len(pages)))
+        if int(hit.sum()) != len(pages):
+            raise ValueError(f"{len(pages) - int(hit.sum())} of the pages to reserve are not free")
+        kept = live[~hit]
+        self._stack[:len(kept)] = kept
+        self._top = len(kept)
 
 
 class KVPool:

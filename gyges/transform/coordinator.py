@@ -141,8 +141,8 @@ class Transition:
             free = {d: np.zeros(lay.num_pages, dtype=bool) for d in self.devices}
             for inst in self.old:
                 for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-                    free[d][pages_array(pages.free_pages())] = True
-                    free[d][pages_array(sorted(reserved[d]))] = False
+                    free[d][pages.free_pages()] = True
+                    free[d][pages_array(list(reserved[d]))] = False
         for mv in tentative.weight_moves:
             span = slice(mv.dst_page, mv.dst_page + mv.count)
             if free[mv.dst][span].all():
@@ -202,7 +202,7 @@ class Transition:
         for d, pages in self.reserved.items():  # reserved pages the plan left unused are free again
             back = [p for p in pages - used.get(d, set()) if p not in weights[d]]
             if back:
-                plan.free_after[d] = np.union1d(pages_array(plan.free_after[d]), pages_array(back)).tolist()
+                plan.free_after[d] = np.concatenate([plan.free_after[d], pages_array(back)])  # disjoint
         self.plan = plan
         kv = list(enumerate(plan.kv_moves))
         weights = list(enumerate(plan.weight_moves, start=len(kv)))

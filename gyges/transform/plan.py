@@ -40,7 +40,7 @@ class TransformPlan:
     seq_pages: dict[int, list[list[int]]]      # seq id -> its pages afterwards
     kv_moves: list[Move]
     weight_moves: list[Move]                   # slab copies between devices (split)
-    free_after: dict[int, list[int]]           # device -> free KV pages afterwards
+    free_after: dict[int, np.ndarray]          # device -> free KV pages afterwards
     kv_units_moved: int = 0
 
 
@@ -73,13 +73,20 @@ def pages_array(pages) -> np.ndarray:
     return np.asarray(pages, dtype=np.int64).reshape(-1)
 
 
-def kv_page_order(layout: DeviceLayout, pages) -> list[int]:
+def kv_page_order(layout: DeviceLayout, pages) -> np.ndarray:
     """Pages in the order KV should take them: outside the weight slabs first (a later split needs
     those back, and a merge's freed slabs cannot be pre-copied into), lowest first so runs coalesce."""
     lo, hi = layout.replicated_pages, layout.min_pages(1)  # the weight slabs
     ordered = np.sort(pages_array(pages))
     in_slabs = (ordered >= lo) & (ordered < hi)
-    return np.concatenate([ordered[~in_slabs], ordered[in_slabs]]).tolist()
+    return np.concatenate([ordered[~in_slabs], ordered[in_slabs]])
+
+
+def _distinct(pages: np.ndarray, num_pages: int) -> np.ndarray:
+    """The distinct pages, ascending (a mask over the device's pages: np.unique hashes, ten times slower)."""
+    mask = np.zeros(num_pages, dtype=bool)
+    mask[pages] = True
+    return np.flatnonzero(mask)
 
 
 class _Pools:
@@ -87,7 +94,7 @@ class _Pools:
     order it hands pages out (already `kv_page_order`), then any weight slabs a merge releases.
     Nothing here walks the whole free list: a plan costs what it moves, not what is free."""
 
-    def __init__(self, pages: dict[int, list[int]]):
+    def __init__(self, pages: dict[int, np.ndarray]):
         self.pages = pages
         self.pos = {d: 0 for d in pages}
 
@@ -96,9 +103,9 @@ class _Pools:
         if i >= len(self.pages[device]):
             raise TransformError(f"device {device} has no free page left for the KV units it must receive")
         self.pos[device] = i + 1
-        return self.pages[device][i]
+        return int(self.pages[device][i])
 
-    def left(self, device: int) -> list[int]:
+    def left(self, device: int) -> np.ndarray:
         return self.pages[device][self.pos[device]:]
 
 
@@ -141,7 +148,7 @@ def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq
 
 
 def _check_room(seqs: list[SeqKV], old: list[list[int]], merged: list[int], max_tp: int,
-                pools: dict[int, list[int]], placed: Placed):
+                pools: dict[int, np.ndarray], placed: Placed):
     """Refuse at once, before any page is taken, when a device must receive more units than it has
     free pages (at GPU page counts, finding out by allocating costs about a second)."""
     need = dict.fromkeys(pools, 0)
@@ -157,7 +164,7 @@ def _check_room(seqs: list[SeqKV], old: list[list[int]], merged: list[int], max_
 
 
 def plan_merge(layout: DeviceLayout, instances: list[list[int]], seqs: list[SeqKV],
-               free: dict[int, list[int]], placed: Placed | None = None) -> TransformPlan:
+               free: dict[int, np.ndarray], placed: Placed | None = None) -> TransformPlan:
     """k aligned instances of TP t (devices in rank order) become one instance of TP k*t.
     `free`: each device's free pages in the order it hands them out."""
     k, t, max_tp = len(instances), len(instances[0]), layout.max_tp
@@ -175,20 +182,20 @@ def plan_merge(layout: DeviceLayout, instances: list[list[int]], seqs: list[SeqK
         old_inst = next(inst for inst in instances if d in inst)
         old_g, new_g = groups_of(old_inst, max_tp, d), groups_of(merged, max_tp, d)
         kept = layout.weight_pages(len(merged), merged.index(d))
-        released = [p for g in old_g if g not in new_g for p in layout.slab_pages_of(g)]
+        released = [pages_array(layout.slab_pages_of(g)) for g in old_g if g not in new_g]
         old_kept = layout.weight_pages(len(old_inst), old_inst.index(d))
         assert old_kept.start <= kept.start and kept.stop <= old_kept.stop
-        pools_init[d] = list(free[d]) + released
+        pools_init[d] = np.concatenate([pages_array(free[d]), *released])
     _check_room(seqs, instances, merged, max_tp, pools_init, placed or {})
     seq_instance = {s.seq_id: 0 for s in seqs}
     pools = _Pools(pools_init)
     moves, seq_pages, freed = _relocate(seqs, instances, [merged], seq_instance, max_tp, pools, {}, placed or {})
     return TransformPlan([merged], seq_instance, seq_pages, coalesce(moves), [],
-                         {d: pools.left(d) + freed[d] for d in devices}, len(moves))
+                         {d: np.concatenate([pools.left(d), pages_array(freed[d])]) for d in devices}, len(moves))
 
 
 def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqKV],
-               free: dict[int, list[int]], placed: Placed | None = None,
+               free: dict[int, np.ndarray], placed: Placed | None = None,
                fetched: set[tuple[int, int]] = frozenset()) -> TransformPlan:
     """One instance of TP T (devices in rank order) becomes k instances of TP T/k.
 
@@ -235,12 +242,12 @@ def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqK
         need = sum(len(s.pages[0]) for s in seqs)
         raise TransformError(f"split refused: the running requests need {need} KV blocks and the "
                              f"{k} resulting instances cannot hold them once the full weights are back")
-    pools = _Pools({d: _outside(pages_array(free[d]), pinned[d]).tolist() for d in devices})
+    pools = _Pools({d: _outside(pages_array(free[d]), pinned[d]) for d in devices})
     moves, seq_pages, freed = _relocate(seqs, [devices], parts, seq_instance, max_tp, pools, pinned, placed or {})
     free_after = {}
     for part in parts:
         for d in part:
             kept_before = pages_array(layout.weight_pages(T, devices.index(d)))
-            pages = np.concatenate([pages_array(pools.left(d)), pages_array(freed[d]), kept_before])
-            free_after[d] = np.unique(_outside(pages, pinned[d])).tolist()
+            pages = np.concatenate([pools.left(d), pages_array(freed[d]), kept_before])
+            free_after[d] = _distinct(_outside(pages, pinned[d]), layout.num_pages)
     return TransformPlan(parts, seq_instance, seq_pages, coalesce(moves), weight_moves, free_after, len(moves))

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from gyges.engine.batch import StepInput
 from gyges.engine.sampler import sample, token_logprobs
+from gyges.heap import freeze_heap
 from gyges.kernels import packed
 from gyges.kernels.build import unavailable_reason
 from gyges.kernels.shm_allreduce import ShmAllReduce, segment_path
@@ -272,6 +273,7 @@ def worker_class() -> type[Worker]:
 def worker_main(rank: int, spec: WorkerSpec, conn):
     try:
         worker = worker_class()(rank, spec)
+        freeze_heap()
         conn.send(("ok", worker.info()))
     except BaseException:
         conn.send(("error", traceback.format_exc()))

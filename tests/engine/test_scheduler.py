@@ -69,9 +69,9 @@ def test_tp_instance_takes_pages_for_its_head_groups_on_every_device():
     sched.add(s)
     sched.schedule()
     assert len(s.pages) == 4 and all(len(g) == 2 for g in s.pages)  # 4 head groups, 2 blocks
-    assert [len(d.free) for d in sched.pool.devices] == [4, 4]  # each device: 2 groups x 2 blocks
+    assert [d.num_free for d in sched.pool.devices] == [4, 4]  # each device: 2 groups x 2 blocks
     sched.finish(s, "stop")
-    assert [len(d.free) for d in sched.pool.devices] == [8, 8]
+    assert [d.num_free for d in sched.pool.devices] == [8, 8]
 
 
 def test_without_admit_only_running_requests_step():
@@ -91,6 +91,6 @@ def test_reserving_pages_takes_exactly_those_off_the_free_list():
     pages = DevicePages(list(range(10)))
     assert pages.take(2) == [0, 1]
     pages.reserve({2, 3, 7})
-    assert pages.num_free == 5 and pages.free_pages() == [4, 5, 6, 8, 9]
+    assert pages.num_free == 5 and pages.free_pages().tolist() == [4, 5, 6, 8, 9]
     with pytest.raises(ValueError):
         pages.reserve({3})
