@@ -41,6 +41,7 @@ from gyges.bench.runner import BenchConfig, BenchResult, run_benchmark  # noqa: 
 from gyges.bench.slo import Baseline, fit_baseline  # noqa: E402
 from gyges.bench.traces import load_trace  # noqa: E402
 from gyges.bench.workload import Workload, scale_trace, spread_ties, time_scale_for_rate, with_arrivals  # noqa: E402
+from gyges.kernels.build import default_cpu_dtype  # noqa: E402
 from gyges.memory.layout import device_layout, units_per_block  # noqa: E402
 from gyges.model.loader import load_config  # noqa: E402
 
@@ -81,15 +82,6 @@ class Setup:
         r = self.workload.requests[i]
         return min((t for t, cap in self.capacity.items() if cap >= r.input_len + r.output_len),
                    default=self.devices)
-
-
-def default_dtype() -> str:
-    """bf16 where the CPU computes it natively (Gyges' C kernels need AVX512-BF16), else fp32: the
-    PyTorch bf16 path without it is several times slower than fp32."""
-    try:
-        return "bfloat16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "float32"
-    except OSError:
-        return "float32"
 
 
 def stop_on_sigterm():
@@ -500,7 +492,7 @@ def main():
     ap.add_argument("--mean-tokens", type=float, default=256.0,
                     help="mean prompt + output tokens of a scaled request (sets --length-scale)")
     ap.add_argument("--model", default=None, help="HF directory (default: the embedded SmolLM2, exported once)")
-    ap.add_argument("--dtype", default=default_dtype(), choices=sorted(DTYPE_BYTES),
+    ap.add_argument("--dtype", default=default_cpu_dtype(), choices=sorted(DTYPE_BYTES),
                     help="default: bfloat16 on CPUs with AVX512-BF16, else float32")
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--threads-per-device", type=int, default=None,

@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.engine_throughput import export_hf_dir  # noqa: E402
 from benchmarks.peers import vllm_cpu  # noqa: E402
-from benchmarks.policies import default_dtype, serve, stop_on_sigterm  # noqa: E402
+from benchmarks.policies import serve, stop_on_sigterm  # noqa: E402
+from gyges.kernels.build import default_cpu_dtype  # noqa: E402
 from gyges.bench.report import write_replay  # noqa: E402
 from gyges.bench.runner import BenchConfig, run_benchmark  # noqa: E402
 
@@ -89,7 +90,7 @@ def main():
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--device-memory", default="1GiB")
     ap.add_argument("--policy", default="static", choices=["static", "gyges"])
-    ap.add_argument("--dtype", default=default_dtype(), help="default: bfloat16 with AVX512-BF16, else float32")
+    ap.add_argument("--dtype", default=default_cpu_dtype(), help="default: bfloat16 with AVX512-BF16, else float32")
     ap.add_argument("--vocab-size", type=int, default=49152)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--venv", default="/tmp/gyges-vllm-venv")

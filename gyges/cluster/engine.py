@@ -80,6 +80,7 @@ def make_policy(serve: ServeConfig, cluster: Cluster):
     cost = CostModel(ModelProfile.from_config(cluster.model_config, cluster.cfg.max_tp, cluster.layout.unit.dtype_bytes),
                      cpu_profile(serve.cost_profile))
     return GygesPolicy(cost, PolicyConfig(output_estimate=serve.output_estimate, max_num_seqs=cluster.cfg.max_num_seqs,
+                                          max_batched_tokens=cluster.cfg.max_batched_tokens,
                                           min_dwell_s=serve.min_dwell_s))
 
 

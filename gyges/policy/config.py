@@ -6,6 +6,7 @@ from dataclasses import dataclass
 class PolicyConfig:
     output_estimate: int = 1024   # KV tokens assumed for the output when the client gives no max_tokens
     max_num_seqs: int = 64        # the engine's batch limit: beyond it more KV buys no throughput
+    max_batched_tokens: int = 512  # the engine's token budget per step: prompts prefill in chunks of it
     min_dwell_s: float = 10.0     # a merged instance serves at least this long before it may split; also
                                   # the horizon over which a transformation must earn back its stall
     gain_margin: float = 0.1      # a new layout must serve this fraction more than the old one
@@ -16,8 +17,9 @@ class PolicyConfig:
                                   # the requests running on its devices change
 
     def __post_init__(self):
-        if self.output_estimate < 1 or self.max_num_seqs < 1 or self.switch_tokens < 0:
-            raise ValueError("output_estimate and max_num_seqs must be positive, switch_tokens non-negative")
+        if self.output_estimate < 1 or self.max_num_seqs < 1 or self.max_batched_tokens < 1 or self.switch_tokens < 0:
+            raise ValueError("output_estimate, max_num_seqs and max_batched_tokens must be positive, "
+                             "switch_tokens non-negative")
         if self.min_dwell_s < 0 or self.gain_margin < 0 or self.refusal_retry_s < 0:
             raise ValueError("min_dwell_s, gain_margin and refusal_retry_s must be non-negative")
         if not 0 < self.split_max_utilization <= 1:

@@ -137,10 +137,12 @@ class StepLoad:
 
 @dataclass(frozen=True)
 class ServingLoad:
-    """Requests an instance is given: how many, and each one's mean KV need and mean decode context."""
+    """Requests an instance is given: how many, and each one's mean KV need, mean decode context and
+    mean prompt. A prompt of 0 counts decode only (the paper figures' steady decode)."""
     requests: int
     need_tokens: float
     context_tokens: float
+    prompt_tokens: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -220,12 +222,28 @@ class CostModel:
         fits = int(kv_capacity_tokens // max(load.need_tokens, 1))
         return max(0, min(load.requests, max_batch, fits))
 
-    def throughput(self, tp: int, load: ServingLoad, kv_capacity_tokens: int, max_batch: int) -> float:
-        """Decode tokens/s of a TP-`tp` instance serving `load`: a KV-starved instance runs small batches."""
+    def throughput(self, tp: int, load: ServingLoad, kv_capacity_tokens: int, max_batch: int,
+                   max_batched_tokens: int | None = None) -> float:
+        """Tokens/s (prompt and output) of a TP-`tp` instance serving `load`, in waves: as many requests
+        as the batch limit and the KV cache allow prefill their prompts in chunks of
+        `max_batched_tokens` (None: one chunk), then decode the rest of their outputs together (the
+        prefill makes the first token). A KV-starved instance runs small waves; where prompts
+        dominate, steps are few and long, and a bigger batch buys little. With no prompt, decode
+        tokens/s of the steady batch."""
         n = self.concurrency(load, kv_capacity_tokens, max_batch)
         if n == 0:
             return 0.0
-        return n / self.step_time(tp, StepLoad(decode_tokens=n, context_tokens=n * load.context_tokens))
+        decode = StepLoad(decode_tokens=n, context_tokens=n * load.context_tokens)
+        if load.prompt_tokens <= 0:
+            return n / self.step_time(tp, decode)
+        prompts = n * load.prompt_tokens
+        chunks = math.ceil(prompts / max_batched_tokens) if max_batched_tokens else 1
+        prefill = StepLoad(prefill_tokens=round(prompts / chunks),
+                           context_tokens=n * load.prompt_tokens * (load.prompt_tokens + 1) / 2 / chunks,
+                           kv_read_tokens=prompts / chunks)
+        steps_decoding = max(load.need_tokens - load.prompt_tokens - 1, 0)
+        wave_s = chunks * self.step_time(tp, prefill) + steps_decoding * self.step_time(tp, decode)
+        return n * load.need_tokens / wave_s
 
     def transform_cost(self, moved_bytes: float, switch_bytes: float, devices: int) -> TransformCost:
         """A transformation moving `moved_bytes` in all (pre-copy and switch), `switch_bytes` of them

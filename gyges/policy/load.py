@@ -39,10 +39,11 @@ def remaining_work(inst: InstanceView) -> int:
 def serving_load(requests: tuple[RequestView, ...], count: int | None = None, idle_need: int = 1024) -> ServingLoad:
     """The cost model's view of `requests` (or `count` requests like them). A request's mean decode
     context over its life is halfway between its prompt and its need; with no requests, ones of
-    `idle_need` tokens stand in."""
+    `idle_need` tokens stand in, decode only."""
     n = len(requests) if count is None else count
     if not requests:
         return ServingLoad(n, idle_need, idle_need / 2)
     need = sum(r.need_tokens for r in requests) / len(requests)
     context = sum((r.prompt_tokens + r.need_tokens) / 2 for r in requests) / len(requests)
-    return ServingLoad(n, need, context)
+    prompt = sum(r.prompt_tokens for r in requests) / len(requests)
+    return ServingLoad(n, need, context, prompt)

@@ -122,10 +122,10 @@ def _moved(cost: CostModel, requests, keep: float, switch_tokens: int) -> tuple[
 def price_merge(cost: CostModel, snap: Snapshot, group: Group, config: PolicyConfig) -> Reshape:
     """Serving now: each member its own requests (a KV-starved member runs a small batch); merged:
     all of them in one instance with the merged capacity."""
-    before = sum(cost.throughput(m.tp, serving_load(requests_of(m)), m.kv_capacity_tokens, config.max_num_seqs)
-                 for m in group.members)
+    before = sum(cost.throughput(m.tp, serving_load(requests_of(m)), m.kv_capacity_tokens, config.max_num_seqs,
+                                 config.max_batched_tokens) for m in group.members)
     after = cost.throughput(group.tp, serving_load(group.requests), snap.kv_capacity_by_tp[group.tp],
-                            config.max_num_seqs)
+                            config.max_num_seqs, config.max_batched_tokens)
     moved = switch = 0.0
     for m in group.members:
         b, s = _moved(cost, m.running, m.tp / group.tp, config.switch_tokens)
@@ -177,8 +177,8 @@ def price_split(cost: CostModel, snap: Snapshot, inst: InstanceView, parts: int,
     t = inst.tp // parts
     full = config.max_num_seqs * inst.tp
     load = serving_load(requests_of(inst), count=full, idle_need=config.output_estimate)
-    before = cost.throughput(inst.tp, load, inst.kv_capacity_tokens, config.max_num_seqs)
-    after = parts * cost.throughput(t, load, snap.kv_capacity_by_tp[t], config.max_num_seqs)
+    before = cost.throughput(inst.tp, load, inst.kv_capacity_tokens, config.max_num_seqs, config.max_batched_tokens)
+    after = parts * cost.throughput(t, load, snap.kv_capacity_by_tp[t], config.max_num_seqs, config.max_batched_tokens)
     kv, switch = _moved(cost, inst.running, t / inst.tp, config.switch_tokens)
     weights = inst.tp * (cost.model.weight_bytes(t) - cost.model.weight_bytes(inst.tp))
     return Reshape(Group(inst.devices, (inst,)), parts, before, after, cost.transform_cost(kv + weights, switch, inst.tp))

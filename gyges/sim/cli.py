@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
 
 def policies(setup: Setup, longest_need: int) -> dict[str, tuple]:
     """Name -> (policy, per-host layout, setup): Gyges from all-TP1, every static candidate, the peers."""
-    out = {"gyges": (GygesPolicy(setup.cost()), (1,) * setup.host, setup)}
+    out = {"gyges": (GygesPolicy(setup.cost(), setup.policy_config()), (1,) * setup.host, setup)}
     for name, sizes in layouts.candidates(setup.host, setup.max_tp).items():
         if setup.cost().kv_capacity_tokens(min(sizes)) > 0:  # every instance holds its weights
             out[name] = (StaticPolicy(), sizes, setup)

@@ -105,7 +105,7 @@ def peers(setup: Setup, longest_need: int) -> dict[str, tuple[object, tuple[int,
     big = next((t for t in (1, 2, 4, 8) if t <= setup.host and cost.kv_capacity_tokens(t, setup.block_tokens) >= longest_need),
                setup.host)
     esp = replace(setup, cost_model=SequenceParallelCost)
-    return {"llumnix": (LlumnixPolicy(), (big,) + (1,) * (setup.host - big), setup),
-            "kunserve": (KunServePolicy(cost), (1,) * setup.host, setup),
-            "flying-serving": (FlyingServingPolicy(cost), (1,) * setup.host, setup),
-            "loongserve": (GygesPolicy(esp.cost()), (1,) * setup.host, esp)}
+    return {"llumnix": (LlumnixPolicy(setup.policy_config()), (big,) + (1,) * (setup.host - big), setup),
+            "kunserve": (KunServePolicy(cost, setup.policy_config()), (1,) * setup.host, setup),
+            "flying-serving": (FlyingServingPolicy(cost, setup.policy_config()), (1,) * setup.host, setup),
+            "loongserve": (GygesPolicy(esp.cost(), esp.policy_config()), (1,) * setup.host, esp)}

@@ -1,5 +1,6 @@
-"""`gyges simulate --fit`: time whole steps of the real engine (embedded SmolLM2, bf16, 2 CPU
-devices, as TP1 x 2 and then merged into TP2) over a few batch sizes and prompt lengths, fit the
+"""`gyges simulate --fit`: time whole steps of the real engine (embedded SmolLM2 in the dtype the
+server runs on this CPU (bf16 with AVX512-BF16, else fp32), 2 CPU devices, as TP1 x 2 and then
+merged into TP2) over a few batch sizes and prompt lengths, fit the
 cost model's efficiencies, and write the CPU profile the server's policy loads.
 
 Each run submits `batch` equal requests to every instance and steps the cluster in lockstep
@@ -15,6 +16,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gyges.kernels.build import default_cpu_dtype
 from gyges.policy.cost_model import CostModel, ModelProfile, StepSample
 from gyges.policy.profiles import CPU_NOMINAL, CPU_PROFILE_PATH, profile_dict
 from gyges.sim.fit import Measured, Point, errors, fit_profile, held_back, run_name, sample_dict, sample_of, step_load
@@ -50,12 +52,14 @@ def _run(cluster, tp: int, p: Point, seed: int) -> list[Measured]:
     return out
 
 
-def sweep(points=SWEEP, device_memory: str = "512MiB") -> tuple[list[Measured], ModelProfile, float]:
+def sweep(points=SWEEP, device_memory: str = "1GiB") -> tuple[list[Measured], ModelProfile, float]:
     """Measured steps of every point at TP1 and TP2, the model's profile, and an empty merge's time
     (barriers and weight release: the switch overhead with nothing to move)."""
     from gyges.cluster.cluster import Cluster
     from gyges.cluster.config import ClusterConfig
-    with Cluster(ClusterConfig(devices=DEVICES, layout="1,1", max_tp=DEVICES, device_memory=device_memory)) as c:
+    cfg = ClusterConfig(devices=DEVICES, layout="1,1", max_tp=DEVICES, device_memory=device_memory,
+                        dtype=default_cpu_dtype())
+    with Cluster(cfg) as c:
         model = ModelProfile.from_config(c.model_config, DEVICES, c.layout.unit.dtype_bytes)
         out, seed = [], 0
         for tp in (1, 2):
@@ -90,7 +94,8 @@ def fit_command(args) -> int:
         "machine": src.get("machine", machine),
         "date": src.get("date", datetime.now(timezone.utc).isoformat(timespec="seconds")),
         "sweep_s": src.get("sweep_s", time.perf_counter() - t0),
-        "engine": {"model": "embedded SmolLM2-135M-Instruct", "dtype": "bfloat16", "devices": DEVICES},
+        "engine": src.get("engine", {"model": "embedded SmolLM2-135M-Instruct", "dtype": default_cpu_dtype(),
+                                     "devices": DEVICES}),
         "model_profile": asdict(model),
         "held_back_runs": sorted(hold),
         "error_held_back": errors(cost, [m for m in measured if m.run in hold]),

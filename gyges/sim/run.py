@@ -13,6 +13,7 @@ from gyges.cluster.controller import Controller, ControllerConfig
 from gyges.engine.sequence import SamplingParams, Sequence
 from gyges.memory.layout import DeviceLayout, device_layout
 from gyges.model.config import ModelConfig
+from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel, HardwareProfile, ModelProfile, StepLoad
 from gyges.sim.backend import TOKEN, SimBackend
 from gyges.sim.layouts import aligned
@@ -47,6 +48,10 @@ class Setup:
 
     def cost(self) -> CostModel:
         return self.cost_model(ModelProfile.from_config(self.model, self.max_tp, DTYPE_BYTES), self.hw)
+
+    def policy_config(self) -> PolicyConfig:
+        """The policy prices layouts with this engine's limits."""
+        return PolicyConfig(max_num_seqs=self.max_num_seqs, max_batched_tokens=self.max_batched_tokens)
 
     def layout(self) -> DeviceLayout:
         return device_layout(self.model, self.max_tp, self.block_tokens, DTYPE_BYTES, self.hw.memory_bytes)

@@ -104,6 +104,20 @@ def test_throughput_is_capped_by_kv_and_batch():
     assert cost.throughput(1, load, 5, 8) == 0.0
 
 
+def test_throughput_counts_prompts_in_waves_of_chunks():
+    cost = CostModel(TINY, TINY_HW)
+    load = ServingLoad(requests=10, need_tokens=12, context_tokens=11, prompt_tokens=10)
+    # 2 requests fit in 25 tokens: a wave prefills their 20 prompt tokens in 3 chunks of at most 8,
+    # then decodes 12 - 10 - 1 = 1 step (the prefill made the first token); 24 tokens of work a wave
+    prefill = StepLoad(prefill_tokens=7, context_tokens=2 * 10 * 11 / 2 / 3, kv_read_tokens=20 / 3)
+    decode = StepLoad(decode_tokens=2, context_tokens=22)
+    wave = 3 * cost.step_time(2, prefill) + cost.step_time(2, decode)
+    assert cost.throughput(2, load, 25, 8, max_batched_tokens=8) == pytest.approx(24 / wave)
+    assert cost.throughput(2, load, 25, 8) == pytest.approx(
+        24 / (cost.step_time(2, StepLoad(prefill_tokens=20, context_tokens=110, kv_read_tokens=20))
+              + cost.step_time(2, decode)))
+
+
 def test_transform_cost_by_hand():
     # 2 devices * 12 B/s * 0.5 = 12 B/s; 120 B -> 10 s + 1 s switch; the switch moves 12 B -> 1 s + 1 s
     c = CostModel(TINY, TINY_HW).transform_cost(moved_bytes=120, switch_bytes=12, devices=2)

@@ -251,6 +251,14 @@ def test_no_merge_at_light_load_or_beside_an_idle_instance():
     assert POLICY.decide(snap(*tp1s(i0=starved)), StepDone(0)) == []
 
 
+def test_no_merge_of_starved_instances_whose_requests_are_mostly_prompt():
+    """Prefill-heavy requests keep a KV-starved TP1 instance's steps full however small its batch:
+    merging buys a bigger batch, which prefill does not need. Same KV overcommitment as the decode-heavy
+    case above, which merges."""
+    starved = ([req(i, 8000, 4000, prompt=7990) for i in range(10)], ())
+    assert POLICY.decide(snap(*tp1s(i0=starved, i1=starved)), StepDone(0)) == []
+
+
 def test_no_merge_whose_stall_outweighs_the_gain():
     """Barely starved: one request too many gains little, and the stall of moving 70k tokens is not repaid."""
     slow = CostModel(COST.model, HardwareProfile(**{**HW.__dict__, "switch_overhead_s": 5.0}))
