@@ -9,9 +9,12 @@ class PolicyConfig:
     max_batched_tokens: int = 512  # the engine's token budget per step: prompts prefill in chunks of it
     min_dwell_s: float = 10.0     # a merged instance serves at least this long before it may split; also
                                   # the horizon over which a transformation must earn back its stall
-    gain_margin: float = 0.1      # a new layout must serve this fraction more than the old one
-    split_max_utilization: float = 0.5  # a split leaves no part more promised than this (or than the busiest
-                                        # other instance): the hysteresis band below merging's 100%
+    gain_margin: float = 0.1      # a merge must serve this fraction more than the instances it joins
+    split_max_utilization: float = 1.0  # a split leaves no part more promised than this (or than the busiest
+                                        # other instance). Below 1, a band under merging's 100% that keeps a
+                                        # busy merged instance merged; 0.5 kept 2 devices at TP2 through a
+                                        # burst of short requests long after the long one ended (trace
+                                        # benchmark), so by default only the dwell time stops thrashing
     switch_tokens: int = 16       # KV tokens per request left for the switch after pre-copy (about a block)
     refusal_retry_s: float = 5.0  # a refused merge or split is proposed again after this long, or as soon as
                                   # the requests running on its devices change

@@ -109,7 +109,11 @@ class Reshape:
         return (self.after - self.before) * horizon_s - self.before * self.cost.stall_s
 
     def worth(self, config: PolicyConfig) -> bool:
-        return self.after > self.before * (1 + config.gain_margin) and self.net(config.min_dwell_s) > 0
+        """A merge must serve `gain_margin` more; a split (back towards the small instances Gyges keeps
+        by default) only more, by enough to repay its stall within the dwell time. The band between
+        the two is the hysteresis: a layout inside it stays."""
+        margin = config.gain_margin if self.parts == 1 else 0.0
+        return self.after > self.before * (1 + margin) and self.net(config.min_dwell_s) > 0
 
 
 def _moved(cost: CostModel, requests, keep: float, switch_tokens: int) -> tuple[float, float]:
@@ -186,8 +190,8 @@ def price_split(cost: CostModel, snap: Snapshot, inst: InstanceView, parts: int,
 
 def best_split(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, ...],
                config: PolicyConfig, blocked: frozenset[tuple[int, ...]] = frozenset()) -> Reshape | None:
-    """A split of a merged instance that has served its dwell time, whose requests all fit the parts,
-    that keeps the balance (a long request left alone at 90% of a part, beside instances half full,
+    """A split of a merged instance that has served its dwell time, whose running requests all fit the
+    parts (and each queued one fits a part alone: it queues there), that keeps the balance (a long request left alone at 90% of a part, beside instances half full,
     keeps it merged: the next long arrival would merge it again), and whose parts serve more."""
     best = None
     for inst in instances:
@@ -197,8 +201,8 @@ def best_split(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, .
         others = [utilization(i) for i in instances if i is not inst and not i.transforming]
         for t in (t for t in degrees(snap) if t < inst.tp):
             parts, cap = inst.tp // t, snap.kv_capacity_by_tp[t]
-            bins = pack(requests_of(inst), parts, cap)
-            if bins is None:
+            bins = pack(inst.running, parts, cap)  # queued requests queue on the parts instead
+            if bins is None or any(r.need_tokens > cap for r in inst.waiting):
                 continue
             if not keeps_balance([sum(r.need_tokens for r in b) / cap for b in bins], others,
                                  config.split_max_utilization):

@@ -3,9 +3,9 @@ import pytest
 
 from gyges.model.config import ModelConfig
 from gyges.policy.config import PolicyConfig
-from gyges.policy.cost_model import CostModel, HardwareProfile, ModelProfile
+from gyges.policy.cost_model import CostModel, HardwareProfile, ModelProfile, TransformCost
 from gyges.policy.policy import GygesPolicy, StaticPolicy
-from gyges.policy.reshape import keeps_balance, pack, wait_for_room
+from gyges.policy.reshape import Group, Reshape, keeps_balance, pack, wait_for_room
 from gyges.policy.snapshot import (Arrival, Finished, Hold, InstanceView, Merge, PendingTransform, Refusal, Reject,
                                    RequestView, Route, Snapshot, Split, StepDone, Tick, TransformDone)
 
@@ -281,6 +281,17 @@ def test_splits_after_the_dwell_time_when_the_parts_serve_more():
     assert [(a.instance, a.parts) for a in actions] == [(0, 2)]
 
 
+def test_a_queue_longer_than_the_parts_hold_does_not_keep_it_merged():
+    """Only the running requests must fit the parts; the queued ones queue there. One queued request
+    that fits no part keeps it merged."""
+    queue = short_requests(160, 100)  # 160k tokens: more than two TP1 instances hold
+    merged = inst(0, 2, running=short_requests(6), waiting=queue, formed_at=0.0)
+    actions = POLICY.decide(snap(merged, inst(2), inst(3), time=10.0), Tick())
+    assert [(a.instance, a.parts) for a in actions] == [(0, 2)]
+    merged = inst(0, 2, running=short_requests(6), waiting=queue + [req(99, LONG)], formed_at=0.0)
+    assert POLICY.decide(snap(merged, inst(2), inst(3), time=10.0), Tick()) == []
+
+
 def test_a_tp4_splits_all_the_way_when_that_serves_most():
     merged = inst(0, 4, running=short_requests(6))
     assert [(a.instance, a.parts) for a in POLICY.decide(snap(merged, time=60.0), Tick())] == [(0, 4)]
@@ -292,15 +303,28 @@ def test_no_split_while_a_request_needs_the_merged_instance():
 
 
 def test_no_split_that_makes_a_part_the_hot_spot():
-    """With all-reduces this slow the parts always serve more, so balance alone decides: a request of
-    90% of a TP1 instance keeps the instance merged beside half-full instances, not beside fuller ones."""
-    slow_link = GygesPolicy(CostModel(COST.model, HardwareProfile(**{**HW.__dict__, "link_latency": 1e-3})))
+    """With all-reduces this slow the parts always serve more, so balance alone decides: with a band of
+    0.5, a request of 90% of a TP1 instance keeps the instance merged beside half-full instances, not
+    beside fuller ones. (The default band is 1.0: see PolicyConfig.split_max_utilization.)"""
+    slow_link = GygesPolicy(CostModel(COST.model, HardwareProfile(**{**HW.__dict__, "link_latency": 1e-3})),
+                            PolicyConfig(split_max_utilization=0.5))
     merged = inst(0, 2, running=[req(1, CAP[1] * 9 // 10, 5000)])
     half = [req(10, CAP[1] // 2, 1000)]
     assert slow_link.decide(snap(merged, inst(2, running=half), inst(3, running=half), time=60.0), Tick()) == []
     full = [req(10, CAP[1] * 19 // 20, 1000)]
     actions = slow_link.decide(snap(merged, inst(2, running=full), inst(3, running=full), time=60.0), Tick())
     assert [(a.instance, a.parts) for a in actions] == [(0, 2)]
+
+
+def test_a_split_needs_only_to_serve_more_a_merge_the_margin_more():
+    """The hysteresis band: a layout 5% better is worth a split back, not a merge; neither pays when
+    the stall outweighs the gain over the dwell time."""
+    group = Group((0, 1), (inst(0, 2),))
+    cfg = PolicyConfig(gain_margin=0.1, min_dwell_s=10.0)
+    assert Reshape(group, 2, before=100.0, after=105.0, cost=TransformCost(1.0, 0.1)).worth(cfg)
+    assert not Reshape(group, 1, before=100.0, after=105.0, cost=TransformCost(1.0, 0.1)).worth(cfg)
+    assert Reshape(group, 1, before=100.0, after=115.0, cost=TransformCost(1.0, 0.1)).worth(cfg)
+    assert not Reshape(group, 2, before=100.0, after=105.0, cost=TransformCost(1.0, 6.0)).worth(cfg)
 
 
 def test_keeps_balance():
