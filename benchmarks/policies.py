@@ -136,18 +136,23 @@ def _post(url: str, body: dict, timeout: float = 600.0) -> dict:
         return json.loads(resp.read())
 
 
-def split_to_tp1(url: str, timeout: float = 300.0):
-    """Split every merged instance of a Gyges server back into TP1 instances, the layout it starts
-    in, so every rate of a sweep starts alike (operator endpoint). Waits until it is idle first: the
-    requests of a run that gave up are aborted at their instance's next step."""
-    deadline = time.monotonic() + timeout
+def wait_idle(url: str, timeout: float = 300.0) -> tuple[dict, float]:
+    """Wait until the server has no request and no transformation in progress, so a rate never
+    inherits the work of the one before (the requests of a run that gave up are aborted at their
+    instance's next step); returns /v1/cluster then and the seconds waited."""
+    t0 = time.monotonic()
     while True:
         c = _get(f"{url}/v1/cluster")
         if c["pending"] is None and not c["held"] and not any(i["running"] or i["waiting"] for i in c["instances"]):
-            break
-        if time.monotonic() > deadline:
+            return c, time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
             raise RuntimeError(f"the server did not become idle in {timeout:.0f} s: {c}")
         time.sleep(0.2)
+
+
+def split_to_tp1(url: str, c: dict):
+    """Split every merged instance of an idle Gyges server (`c`: its /v1/cluster) back into TP1
+    instances, the layout it starts in, so every rate of a sweep starts alike (operator endpoint)."""
     for inst in c["instances"]:
         if inst["tp"] > 1:
             _post(f"{url}/v1/cluster/split", {"device": inst["devices"][0], "parts": inst["tp"]})
@@ -333,8 +338,11 @@ def compare(s: Setup) -> tuple[dict, dict]:
         start = s.args.start_rate or 0.5 * k / float(np.mean([e2el for *_, e2el in samples]))
 
         def attempt(rate: float) -> dict:
+            c, waited = wait_idle(url)
+            if waited > 1.0:
+                print(f"    ({name}: waited {waited:.1f} s for the server to finish the last rate's work)", flush=True)
             if name == "gyges":
-                split_to_tp1(url)
+                split_to_tp1(url, c)
             r = run(s, url, at_rate(s.workload, rate), baseline=baseline)
             runs[(name, rate)] = r
             out = summary(r, rate) | {"time_scale": time_scale_for_rate(s.workload.requests, rate)}

@@ -109,11 +109,16 @@ class Reshape:
         return (self.after - self.before) * horizon_s - self.before * self.cost.stall_s
 
     def worth(self, config: PolicyConfig) -> bool:
-        """A merge must serve `gain_margin` more; a split (back towards the small instances Gyges keeps
-        by default) only more, by enough to repay its stall within the dwell time. The band between
-        the two is the hysteresis: a layout inside it stays."""
-        margin = config.gain_margin if self.parts == 1 else 0.0
-        return self.after > self.before * (1 + margin) and self.net(config.min_dwell_s) > 0
+        """A merge must serve `gain_margin` more than its members and repay its stall within the dwell
+        time. A split goes back to the small instances Gyges keeps by default: a merged instance stays
+        only while it still serves `gain_margin` more than its parts would (what a merge of them would
+        need), counting the split's stall against the parts. The two tests are each other's negation at
+        one load, so a layout does not flip back and forth under it; the dwell time bounds how often
+        a changing load can flip it."""
+        if self.parts == 1:
+            return self.after > self.before * (1 + config.gain_margin) and self.net(config.min_dwell_s) > 0
+        lost = self.before * self.cost.stall_s / config.min_dwell_s if config.min_dwell_s > 0 else 0.0
+        return self.after * (1 + config.gain_margin) - lost > self.before
 
 
 def _moved(cost: CostModel, requests, keep: float, switch_tokens: int) -> tuple[float, float]:
@@ -177,7 +182,9 @@ def keeps_balance(part_utilizations: list[float], other_utilizations: list[float
 def price_split(cost: CostModel, snap: Snapshot, inst: InstanceView, parts: int, config: PolicyConfig) -> Reshape:
     """Compared full, not at the present load: a split gives devices back for the load to come, which
     a reactive policy cannot see, so the question is which layout serves more requests like these
-    (or like the output estimate when it is idle) once busy."""
+    (or like the output estimate when it is idle) once busy. (At the present load a lightly loaded
+    merged instance always looks better on a GPU, where TP2 halves the weight reads of a step, and
+    never would be split; but then the load, not the step rate, bounds what is served.)"""
     t = inst.tp // parts
     full = config.max_num_seqs * inst.tp
     load = serving_load(requests_of(inst), count=full, idle_need=config.output_estimate)

@@ -316,15 +316,16 @@ def test_no_split_that_makes_a_part_the_hot_spot():
     assert [(a.instance, a.parts) for a in actions] == [(0, 2)]
 
 
-def test_a_split_needs_only_to_serve_more_a_merge_the_margin_more():
-    """The hysteresis band: a layout 5% better is worth a split back, not a merge; neither pays when
-    the stall outweighs the gain over the dwell time."""
+def test_a_merged_instance_stays_only_while_it_serves_the_margin_more():
+    """A merge must serve 10% more; a merged instance is split back unless it still serves 10% more
+    than its parts (the merge's own test, negated), the split's stall counted against the parts."""
     group = Group((0, 1), (inst(0, 2),))
     cfg = PolicyConfig(gain_margin=0.1, min_dwell_s=10.0)
-    assert Reshape(group, 2, before=100.0, after=105.0, cost=TransformCost(1.0, 0.1)).worth(cfg)
-    assert not Reshape(group, 1, before=100.0, after=105.0, cost=TransformCost(1.0, 0.1)).worth(cfg)
-    assert Reshape(group, 1, before=100.0, after=115.0, cost=TransformCost(1.0, 0.1)).worth(cfg)
-    assert not Reshape(group, 2, before=100.0, after=105.0, cost=TransformCost(1.0, 6.0)).worth(cfg)
+    split = lambda merged, parts, stall=0.1: Reshape(group, 2, merged, parts, TransformCost(1.0, stall)).worth(cfg)
+    merge = lambda parts, merged: Reshape(group, 1, parts, merged, TransformCost(1.0, 0.1)).worth(cfg)
+    assert not merge(100.0, 105.0) and split(105.0, 100.0)   # 5% better merged: neither merges nor stays
+    assert merge(100.0, 115.0) and not split(115.0, 100.0)   # 15% better merged: merges, and stays
+    assert not split(105.0, 100.0, stall=6.0)                 # a split whose stall costs more than it gains
 
 
 def test_keeps_balance():
