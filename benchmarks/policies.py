@@ -25,8 +25,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -289,28 +289,26 @@ def summary(r: Run, rate: float) -> dict:
                           "error": x.error[:200]} for x in recs]}
 
 
-def sweep(attempt: Callable[[float], dict], start: float, factor: float, max_runs: int) -> list[dict]:
-    """Rates start x factor^k, up while the SLO holds (down while it does not) until the boundary is
-    bracketed, then geometric bisection, `max_runs` in all (DistServe's search, on the real engine).
-    The ladder's rates are the same for every policy, so they can be compared rate by rate."""
-    tried: dict[float, dict] = {}
-
-    def ok(rate: float) -> bool:
-        if rate not in tried:
-            tried[rate] = attempt(rate)
-        return tried[rate]["slo_attainment"] >= ATTAIN
-
-    rate, up = start, ok(start)
-    while len(tried) < max_runs and ok(rate) == up and rate > start * factor ** -4:
+def next_rate(met: dict[float, bool], start: float, factor: float, max_runs: int) -> float | None:
+    """The sweep's next rate given what each rate tried so far did (met the SLO or not), or None when
+    it is done: start x factor^k, up while the SLO holds (down while it does not) until the boundary
+    is bracketed, then geometric bisection, `max_runs` in all (DistServe's search). The ladder's
+    rates are the same for every policy, so they can be compared rate by rate."""
+    if start not in met:
+        return start
+    if len(met) >= max_runs:
+        return None
+    up, rate = met[start], start
+    while rate in met and met[rate] == up and rate > start * factor ** -4:
         rate = rate * factor if up else rate / factor
-        ok(rate)
-    while len(tried) < max_runs:
-        passed = [r for r in tried if ok(r)]
-        above = [r for r in tried if not ok(r) and r > max(passed, default=0.0)]
-        if not passed or not above:
-            break
-        ok(math.sqrt(max(passed) * min(above)))
-    return [tried[r] for r in sorted(tried)]
+    if rate not in met and rate >= start * factor ** -5:
+        return rate
+    passed = [r for r, ok in met.items() if ok]
+    above = [r for r, ok in met.items() if not ok and r > max(passed, default=0.0)]
+    if not passed or not above:
+        return None
+    mid = math.sqrt(max(passed) * min(above))
+    return None if mid in met else mid
 
 
 def compare(s: Setup) -> tuple[dict, dict]:
@@ -332,65 +330,65 @@ def compare(s: Setup) -> tuple[dict, dict]:
     results: dict[str, dict] = {}
     baseline, samples = None, []
 
-    def policy_sweep(name: str, url: str):
-        t1 = time.perf_counter()
-        # half the rate the devices serve with no batching at all (measured unloaded latencies)
-        start = s.args.start_rate or 0.5 * k / float(np.mean([e2el for *_, e2el in samples]))
-
-        def attempt(rate: float) -> dict:
-            c, waited = wait_idle(url)
-            if waited > 1.0:
-                print(f"    ({name}: waited {waited:.1f} s for the server to finish the last rate's work)", flush=True)
-            if name == "gyges":
-                split_to_tp1(url, c)
-            r = run(s, url, at_rate(s.workload, rate), baseline=baseline)
-            runs[(name, rate)] = r
-            out = summary(r, rate) | {"time_scale": time_scale_for_rate(s.workload.requests, rate)}
-            print(f"    {name:<14} {rate:7.3f} req/s: SLO {100 * out['slo_attainment']:5.1f}%  "
-                  f"{out['throughput_tok_s']:7.1f} tok/s  TTFT p50 {out['ttft_p50_s']:.3f} s  "
-                  f"rejected {out['rejected']}  failed {out['failed']}  transformations {out['transformations']}"
-                  f"{'  (gave up early)' if out['gave_up'] else ''}",
-                  flush=True)
-            return out
-        rates = sweep(attempt, start, s.args.factor, s.args.max_runs)
-        good = [r for r in rates if r["slo_attainment"] >= ATTAIN]
-        best = max(good, key=lambda r: r["rate"]) if good else min(rates, key=lambda r: r["rate"])
-        results[name] = {"max_rate_at_slo": best["rate"] if good else 0.0,
-                         **{f: v for f, v in best.items() if f not in ("rate", "requests")}, "rates": rates}
-        phase(f"sweep {name}", t1)
+    def attempt(name: str, url: str, rate: float) -> dict:
+        c, waited = wait_idle(url)
+        if waited > 1.0:
+            print(f"    ({name}: waited {waited:.1f} s for the server to finish the last rate's work)", flush=True)
+        if name == "gyges":
+            split_to_tp1(url, c)
+        r = run(s, url, at_rate(s.workload, rate), baseline=baseline)
+        runs[(name, rate)] = r
+        out = summary(r, rate) | {"time_scale": time_scale_for_rate(s.workload.requests, rate)}
+        print(f"    {name:<14} {rate:7.3f} req/s: SLO {100 * out['slo_attainment']:5.1f}%  "
+              f"{out['throughput_tok_s']:7.1f} tok/s  TTFT p50 {out['ttft_p50_s']:.3f} s  "
+              f"rejected {out['rejected']}  failed {out['failed']}  transformations {out['transformations']}"
+              f"{'  (gave up early)' if out['gave_up'] else ''}",
+              flush=True)
+        return out
 
     t0 = time.perf_counter()
     with serve_setup(s, "static", (1,) * k, max_tp=1) as url:
         plain = throughput(s, url, burst)
     with serve_setup(s, "static", (k,)) as url:
         tpk = throughput(s, url, burst)
-        phase("ceiling", t0)
-        if k in degrees:
-            t0 = time.perf_counter()
-            samples += unloaded(s, url, k)
-            phase("unloaded baseline", t0)
+    phase("ceiling", t0)
     ceiling = float(np.median(plain) / np.median(tpk))
     bound = 1.0 / ((1.0 - w_merge) / ceiling + w_merge)
-    for t in [t for t in degrees if t not in (1, k)]:
-        with serve_setup(s, "static", (t,) * (k // t)) as url:
-            t0 = time.perf_counter()
-            samples += unloaded(s, url, t)
-            phase("unloaded baseline", t0)
-    all_tp1 = "static-" + ",".join(["1"] * k)
-    with serve_setup(s, "static", (1,) * k) as url:  # TP1 last: its sweep follows the baseline on the same server
+    # every policy's server up at once, so that their sweeps interleave: round by round, each policy
+    # runs its next rate, and a slow spell of this shared machine falls on all of them alike
+    with ExitStack() as stack:
         t0 = time.perf_counter()
-        samples += unloaded(s, url, 1)
+        urls = {name: stack.enter_context(serve_setup(s, policy, lay)) for name, (policy, lay) in policies.items()}
+        for t in degrees:  # each degree's unloaded requests on its own all-TPt static server
+            url = urls.get("static-" + ",".join([str(t)] * (k // t))) or stack.enter_context(
+                serve_setup(s, "static", (t,) * (k // t)))
+            samples += unloaded(s, url, t)
         if all(tpot is None for _, _, tpot, _ in samples):
             raise ValueError(f"{s.key}: every request of the slice has one output token at length scale "
                              f"{s.length_scale:.4f}, so there is no TPOT to fit; raise --mean-tokens or --requests")
         baseline = fit_baseline(*map(list, list(zip(*samples))[:3]))
         phase("unloaded baseline", t0)
-        if all_tp1 in policies:
-            policy_sweep(all_tp1, url)
-    for name, (policy, lay) in policies.items():
-        if name not in results:
-            with serve_setup(s, policy, lay) as url:
-                policy_sweep(name, url)
+        t0 = time.perf_counter()
+        # half the rate the devices serve with no batching at all (measured unloaded latencies)
+        start = s.args.start_rate or 0.5 * k / float(np.mean([e2el for *_, e2el in samples]))
+        met: dict[str, dict[float, bool]] = {name: {} for name in policies}
+        tried: dict[str, list[dict]] = {name: [] for name in policies}
+        while True:
+            todo = {n: next_rate(met[n], start, s.args.factor, s.args.max_runs) for n in policies}
+            todo = {n: r for n, r in todo.items() if r is not None}
+            if not todo:
+                break
+            for name, rate in todo.items():
+                out = attempt(name, urls[name], rate)
+                tried[name].append(out)
+                met[name][rate] = out["slo_attainment"] >= ATTAIN
+        phase("interleaved sweeps", t0)
+    for name in policies:
+        rates = sorted(tried[name], key=lambda r: r["rate"])
+        good = [r for r in rates if r["slo_attainment"] >= ATTAIN]
+        best = max(good, key=lambda r: r["rate"]) if good else min(rates, key=lambda r: r["rate"])
+        results[name] = {"max_rate_at_slo": best["rate"] if good else 0.0,
+                         **{f: v for f, v in best.items() if f not in ("rate", "requests")}, "rates": rates}
     out = {"devices": k, "requests": len(s.workload.requests), "length_scale": s.length_scale,
            "kv_tokens_tp1_real": REAL_KV_TOKENS, "kv_tokens": {str(t): c for t, c in s.capacity.items()},
            "device_memory_bytes": s.device_memory, "clipped": s.workload.clipped,
