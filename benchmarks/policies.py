@@ -330,10 +330,14 @@ def compare(s: Setup) -> tuple[dict, dict]:
     results: dict[str, dict] = {}
     baseline, samples = None, []
 
+    urls: dict[str, str] = {}
+
     def attempt(name: str, url: str, rate: float) -> dict:
-        c, waited = wait_idle(url)
-        if waited > 1.0:
-            print(f"    ({name}: waited {waited:.1f} s for the server to finish the last rate's work)", flush=True)
+        for other, u in urls.items():  # the servers share the cores: none may still be busy
+            _, waited = wait_idle(u)
+            if waited > 1.0:
+                print(f"    ({other}: waited {waited:.1f} s for it to finish the last rate's work)", flush=True)
+        c, _ = wait_idle(url)
         if name == "gyges":
             split_to_tp1(url, c)
         r = run(s, url, at_rate(s.workload, rate), baseline=baseline)
@@ -358,7 +362,7 @@ def compare(s: Setup) -> tuple[dict, dict]:
     # runs its next rate, and a slow spell of this shared machine falls on all of them alike
     with ExitStack() as stack:
         t0 = time.perf_counter()
-        urls = {name: stack.enter_context(serve_setup(s, policy, lay)) for name, (policy, lay) in policies.items()}
+        urls.update({name: stack.enter_context(serve_setup(s, policy, lay)) for name, (policy, lay) in policies.items()})
         for t in degrees:  # each degree's unloaded requests on its own all-TPt static server
             url = urls.get("static-" + ",".join([str(t)] * (k // t))) or stack.enter_context(
                 serve_setup(s, "static", (t,) * (k // t)))
