@@ -48,8 +48,9 @@ class DevicePages:
             return
         live = self._stack[:self._top]
         hit = np.isin(live, np.fromiter(pages, np.int64, len(pages)))
-        if int(hit.sum()) != len(pages):
-            raise ValueError(f"{len(pages) - int(hit.sum())} of the pages to reserve are not free")
+        found = np.unique(live[hit]).size  # (a page listed twice goes with both copies, as it always did)
+        if found != len(pages):
+            raise ValueError(f"{len(pages) - found} of the pages to reserve are not free")
         kept = live[~hit]
         self._stack[:len(kept)] = kept
         self._top = len(kept)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, coalesce, owner_of,
-                                  pages_array, plan_merge, plan_split)
+from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, coalesce, distinct_pages,
+                                  owner_of, pages_array, plan_merge, plan_split)
 from gyges.worker.commands import CopyDone, CopyPages, Transform
 
 FIRST_CHUNK_BYTES = 8 << 20  # the first pre-copy chunk, before the copy rate is known
@@ -202,7 +202,8 @@ class Transition:
         for d, pages in self.reserved.items():  # reserved pages the plan left unused are free again
             back = [p for p in pages - used.get(d, set()) if p not in weights[d]]
             if back:
-                plan.free_after[d] = np.concatenate([plan.free_after[d], pages_array(back)])  # disjoint
+                both = np.concatenate([plan.free_after[d], pages_array(back)])
+                plan.free_after[d] = distinct_pages(both, self.layout.num_pages)
         self.plan = plan
         kv = list(enumerate(plan.kv_moves))
         weights = list(enumerate(plan.weight_moves, start=len(kv)))
