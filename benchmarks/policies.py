@@ -301,7 +301,7 @@ def next_rate(met: dict[float, bool], start: float, factor: float, max_runs: int
     up, rate = met[start], start
     while rate in met and met[rate] == up and rate > start * factor ** -4:
         rate = rate * factor if up else rate / factor
-    if rate not in met and rate >= start * factor ** -5:
+    if rate not in met:
         return rate
     passed = [r for r, ok in met.items() if ok]
     above = [r for r, ok in met.items() if not ok and r > max(passed, default=0.0)]
@@ -332,14 +332,14 @@ def compare(s: Setup) -> tuple[dict, dict]:
 
     urls: dict[str, str] = {}
 
-    def attempt(name: str, url: str, rate: float) -> dict:
+    def attempt(name: str, rate: float) -> dict:
+        url = urls[name]
         for other, u in urls.items():  # the servers share the cores: none may still be busy
-            _, waited = wait_idle(u)
+            c, waited = wait_idle(u)
             if waited > 1.0:
                 print(f"    ({other}: waited {waited:.1f} s for it to finish the last rate's work)", flush=True)
-        c, _ = wait_idle(url)
-        if name == "gyges":
-            split_to_tp1(url, c)
+            if other == name == "gyges":
+                split_to_tp1(url, c)
         r = run(s, url, at_rate(s.workload, rate), baseline=baseline)
         runs[(name, rate)] = r
         out = summary(r, rate) | {"time_scale": time_scale_for_rate(s.workload.requests, rate)}
@@ -375,17 +375,15 @@ def compare(s: Setup) -> tuple[dict, dict]:
         t0 = time.perf_counter()
         # half the rate the devices serve with no batching at all (measured unloaded latencies)
         start = s.args.start_rate or 0.5 * k / float(np.mean([e2el for *_, e2el in samples]))
-        met: dict[str, dict[float, bool]] = {name: {} for name in policies}
         tried: dict[str, list[dict]] = {name: [] for name in policies}
         while True:
+            met = {n: {r["rate"]: r["slo_attainment"] >= ATTAIN for r in tried[n]} for n in policies}
             todo = {n: next_rate(met[n], start, s.args.factor, s.args.max_runs) for n in policies}
             todo = {n: r for n, r in todo.items() if r is not None}
             if not todo:
                 break
             for name, rate in todo.items():
-                out = attempt(name, urls[name], rate)
-                tried[name].append(out)
-                met[name][rate] = out["slo_attainment"] >= ATTAIN
+                tried[name].append(attempt(name, rate))
         phase("interleaved sweeps", t0)
     for name in policies:
         rates = sorted(tried[name], key=lambda r: r["rate"])

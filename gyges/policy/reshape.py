@@ -198,8 +198,9 @@ def price_split(cost: CostModel, snap: Snapshot, inst: InstanceView, parts: int,
 def best_split(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, ...],
                config: PolicyConfig, blocked: frozenset[tuple[int, ...]] = frozenset()) -> Reshape | None:
     """A split of a merged instance that has served its dwell time, whose running requests all fit the
-    parts (and each queued one fits a part alone: it queues there), that keeps the balance (a long request left alone at 90% of a part, beside instances half full,
-    keeps it merged: the next long arrival would merge it again), and whose parts serve more."""
+    parts (and each queued one fits a part alone: it queues there), that keeps the balance (a long
+    request left alone at 90% of a part, beside instances half full, keeps it merged: the next long
+    arrival would merge it again), and whose parts serve more."""
     best = None
     for inst in instances:
         if (inst.tp == 1 or inst.transforming or inst.devices in blocked
