@@ -48,9 +48,10 @@ class DevicePages:
             return
         live = self._stack[:self._top]
         hit = np.isin(live, np.fromiter(pages, np.int64, len(pages)))
-        found = np.unique(live[hit]).size  # (a page listed twice goes with both copies, as it always did)
+        found = int(hit.sum())
         if found != len(pages):
-            raise ValueError(f"{len(pages) - found} of the pages to reserve are not free")
+            why = "are not free" if found < len(pages) else "are listed as free more than once"
+            raise ValueError(f"{abs(len(pages) - found)} of the pages to reserve {why}")
         kept = live[~hit]
         self._stack[:len(kept)] = kept
         self._top = len(kept)

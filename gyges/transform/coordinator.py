@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, coalesce, distinct_pages,
+from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, coalesce,
                                   owner_of, pages_array, plan_merge, plan_split)
 from gyges.worker.commands import CopyDone, CopyPages, Transform
 
@@ -133,7 +133,7 @@ class Transition:
                     for b, p in enumerate(row[:seq.num_computed // block_tokens]):  # full blocks only
                         q = tentative.seq_pages[seq.id][g][b]
                         if (src, p) != (dst, q) and q not in weights_now[dst] and q not in reserved[dst]:
-                            self.placed[(seq.id, g, b)] = (p, q)
+                            self.placed[(seq.id, g, b)] = (p, dst, q)
                             reserved[dst].add(q)
                             units.append(Move(src, dst, p, q))
         weights = []
@@ -202,8 +202,7 @@ class Transition:
         for d, pages in self.reserved.items():  # reserved pages the plan left unused are free again
             back = [p for p in pages - used.get(d, set()) if p not in weights[d]]
             if back:
-                both = np.concatenate([plan.free_after[d], pages_array(back)])
-                plan.free_after[d] = distinct_pages(both, self.layout.num_pages)
+                plan.free_after[d] = np.concatenate([plan.free_after[d], pages_array(back)])
         self.plan = plan
         kv = list(enumerate(plan.kv_moves))
         weights = list(enumerate(plan.weight_moves, start=len(kv)))

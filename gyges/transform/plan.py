@@ -113,7 +113,10 @@ def _outside(pages: np.ndarray, span: range) -> np.ndarray:
     return pages[(pages < span.start) | (pages >= span.stop)]
 
 
-Placed = dict[tuple[int, int, int], tuple[int, int]]  # (seq, group, block) -> (source page, destination page)
+# (seq, group, block) -> (source page, destination device, destination page): a pre-copied unit. A
+# split places requests again at the switch, so a unit may now belong on another device than the one
+# it was copied to, or stay where it is: the copy counts only where both ends still match.
+Placed = dict[tuple[int, int, int], tuple[int, int, int]]
 
 
 def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq_instance: dict[int, int],
@@ -134,9 +137,9 @@ def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq
                     row.append(p)
                     continue
                 pre = placed.get((s.seq_id, g, b))
-                if pre is not None and pre[0] == p:
+                if pre is not None and pre[:2] == (p, dst):
                     freed[src].append(p)
-                    row.append(pre[1])
+                    row.append(pre[2])
                     continue
                 q = pools.take(dst)
                 moves.append(Move(src, dst, p, q))
@@ -156,7 +159,7 @@ def _check_room(seqs: list[SeqKV], old: list[list[int]], merged: list[int], max_
         for g, blocks in enumerate(s.pages):
             src, dst = owner_of(old[s.instance], max_tp, g), owner_of(merged, max_tp, g)
             if src != dst:
-                need[dst] += len(blocks) - sum(placed.get((s.seq_id, g, b), (None,))[0] == p
+                need[dst] += len(blocks) - sum(placed.get((s.seq_id, g, b), (None, None))[:2] == (p, dst)
                                                for b, p in enumerate(blocks)) if placed else len(blocks)
     for d, n in need.items():
         if n > len(pools[d]):

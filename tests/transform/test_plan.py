@@ -1,6 +1,7 @@
 """Merge and split plans alone: every unit lands once, nothing overlaps, weights stay put."""
 import random
 
+import numpy as np
 import pytest
 
 from gyges.memory.layout import device_layout
@@ -111,3 +112,32 @@ def test_merge_rejects_misaligned_or_mixed_instances():
     with pytest.raises(TransformError, match="one TP degree"):
         plan_merge(LAYOUT, [[0, 1], [2]], [], {})
 
+
+
+def test_split_uses_a_precopied_unit_only_where_its_request_still_lands():
+    """A split places requests again at the switch: a unit pre-copied towards the part the tentative
+    plan chose is used where it still belongs, and moved afresh where the request now lands on the
+    other part (here it must leave a page the new weights need, and the copy sits on the wrong device)."""
+    devices = [0, 1]
+    free = {d: LAYOUT.free_pages(2, r) for r, d in enumerate(devices)}
+    slab2 = LAYOUT.slab_pages_of(2)               # device 0 holds KV there at TP2, its weights at TP1
+    outside = LAYOUT.replicated_pages             # below every slab, free on both devices
+    big = SeqKV(0, 0, [[slab2.start, slab2.start + 1], [outside, outside + 1],
+                       [outside + 2, outside + 3], [outside + 4, outside + 5]])
+    small = SeqKV(1, 0, [[outside + 6], [outside + 7], [outside + 8], [outside + 9]])
+    taken = {0: set(big.pages[0] + big.pages[1] + small.pages[0] + small.pages[1]),
+             1: set(big.pages[2] + big.pages[3] + small.pages[2] + small.pages[3])}
+    free = {d: [p for p in free[d] if p not in taken[d]] for d in devices}
+    wrong = free[1][-2:]   # pre-copied as if `big` went to device 1: group 0 from device 0
+    right = free[0][-2:]   # and group 2 from device 1 to device 0, where it does go
+    placed = {(0, 0, b): (big.pages[0][b], 1, wrong[b]) for b in range(2)}
+    placed |= {(0, 2, b): (big.pages[2][b], 0, right[b]) for b in range(2)}
+    free = {0: free[0][:-2], 1: free[1][:-2]}      # reserved while the copies ran
+    plan = plan_split(LAYOUT, devices, 2, [big, small], free, placed)
+    assert plan.instances[plan.seq_instance[0]] == [0]
+    assert not set(wrong) & set(plan.free_after[1])
+    plan.free_after[1] = np.concatenate([plan.free_after[1], wrong])  # the switch frees the unused reservation
+    check(plan, [big, small], free)
+    assert plan.seq_pages[0][2] == right
+    assert not set(plan.seq_pages[0][0]) & set(wrong + list(slab2))
+    assert {(mv.src, mv.dst) for mv in plan.kv_moves if mv.src_page == slab2.start} == {(0, 0)}
