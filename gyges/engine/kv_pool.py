@@ -42,12 +42,13 @@ class DevicePages:
         """The free pages in the order `take` hands them out (a copy)."""
         return self._stack[:self._top][::-1].copy()
 
-    def reserve(self, pages: set[int]):
-        """Take these particular free pages off the free list (a transformation's pre-copy targets)."""
-        if not pages:
+    def reserve(self, pages):
+        """Take these particular free pages (distinct) off the free list (a transformation's pre-copy targets)."""
+        pages = np.asarray(pages, dtype=np.int64).reshape(-1)
+        if not len(pages):
             return
         live = self._stack[:self._top]
-        hit = np.isin(live, np.fromiter(pages, np.int64, len(pages)))
+        hit = np.isin(live, pages)
         found = int(hit.sum())
         if found != len(pages):
             why = "are not free" if found < len(pages) else "are listed as free more than once"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, coalesce,
+from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, Units,
                                   owner_of, pages_array, plan_merge, plan_split)
 from gyges.worker.commands import CopyDone, CopyPages, Transform
 
@@ -106,7 +106,7 @@ class Transition:
         self.started = time.perf_counter()
         self.placed: Placed = {}
         self.fetched: set[tuple[int, int]] = set()
-        self.reserved: dict[int, set[int]] = {d: set() for d in self.devices}
+        self.reserved: dict[int, np.ndarray] = {d: pages_array([]) for d in self.devices}
         self.todo: deque[Move] = deque()  # pre-copy runs not handed out yet
         self.precopy_bytes, self.precopy_s = 0, 0.0
         self.copy_rate = 0.0   # bytes/s the devices copied in the last chunk
@@ -120,40 +120,48 @@ class Transition:
     def _reserve_precopy(self, tentative: TransformPlan, block_tokens: int):
         """Reserve the destination pages of the tentative plan's full blocks (and, for a split, of
         weight slabs landing on free pages) and list their copies as pre-copy chunks. Every page
-        the tentative plan hands out was free just now, except the old weights a merge releases."""
+        the tentative plan hands out was free just now, except the old weights a merge releases.
+        Whole block rows at a time in numpy: this runs in the loop's thread, between other steps."""
         lay = self.layout
-        weights_now = {d: lay.weight_pages(inst.tp, r) for inst in self.old for r, d in enumerate(inst.devices)}
-        reserved = self.reserved
-        units = []
+        taken = {d: np.zeros(lay.num_pages, dtype=bool) for d in self.devices}  # weights now, or reserved
+        for inst in self.old:
+            for r, d in enumerate(inst.devices):
+                span = lay.weight_pages(inst.tp, r)
+                taken[d][span.start:span.stop] = True
+        units, reserved = Units(), {d: [] for d in self.devices}
         for inst in self.old:
             for seq in inst.scheduler.running:
                 part = tentative.instances[tentative.seq_instance[seq.id]]
+                full = seq.num_computed // block_tokens
                 for g, row in enumerate(seq.pages):
                     src, dst = owner_of(inst.devices, lay.max_tp, g), owner_of(part, lay.max_tp, g)
-                    for b, p in enumerate(row[:seq.num_computed // block_tokens]):  # full blocks only
-                        q = tentative.seq_pages[seq.id][g][b]
-                        if (src, p) != (dst, q) and q not in weights_now[dst] and q not in reserved[dst]:
-                            self.placed[(seq.id, g, b)] = (p, dst, q)
-                            reserved[dst].add(q)
-                            units.append(Move(src, dst, p, q))
+                    p, q = pages_array(row[:full]), pages_array(tentative.seq_pages[seq.id][g][:full])
+                    copy = ~taken[dst][q] & ((p != q) if src == dst else True)
+                    if not copy.any():
+                        continue
+                    taken[dst][q[copy]] = True
+                    reserved[dst].append(q[copy])
+                    self.placed[(seq.id, g)] = (np.where(copy, p, -1), dst, q)
+                    units.add(src, dst, p[copy], q[copy])
         weights = []
         if tentative.weight_moves:  # a split: which slab pages are free is a question about the whole list
             free = {d: np.zeros(lay.num_pages, dtype=bool) for d in self.devices}
             for inst in self.old:
                 for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
                     free[d][pages.free_pages()] = True
-                    free[d][pages_array(list(reserved[d]))] = False
-        for mv in tentative.weight_moves:
-            span = slice(mv.dst_page, mv.dst_page + mv.count)
-            if free[mv.dst][span].all():
-                free[mv.dst][span] = False
-                reserved[mv.dst].update(range(span.start, span.stop))
-                self.fetched.add((mv.dst, (mv.dst_page - lay.replicated_pages) // lay.slab_pages))
-                weights.append(mv)
+                    free[d][taken[d]] = False
+            for mv in tentative.weight_moves:
+                span = slice(mv.dst_page, mv.dst_page + mv.count)
+                if free[mv.dst][span].all():
+                    free[mv.dst][span] = False
+                    reserved[mv.dst].append(np.arange(span.start, span.stop, dtype=np.int64))
+                    self.fetched.add((mv.dst, (mv.dst_page - lay.replicated_pages) // lay.slab_pages))
+                    weights.append(mv)
+        self.reserved = {d: pages_array(np.concatenate(r)) if r else pages_array([]) for d, r in reserved.items()}
         for inst in self.old:
             for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
                 pages.reserve(self.reserved[d])
-        self.todo = deque(coalesce(units) + weights)
+        self.todo = deque(units.moves() + weights)
         self.precopy_bytes = (len(units) + sum(m.count for m in weights)) * lay.page_bytes
 
     @property
@@ -181,7 +189,7 @@ class Transition:
         """Give the reserved destination pages back; the old instances serve on untouched."""
         for inst in self.old:
             for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-                pages.give(sorted(self.reserved[d], reverse=True))
+                pages.give(np.sort(self.reserved[d])[::-1])
 
     def switch(self) -> tuple[dict[int, Transform], int]:
         """Plan again with the pre-copied units in place: the `Transform` command for every device,
@@ -193,16 +201,19 @@ class Transition:
         except TransformError:
             self.abort()
             raise
-        used = {}
+        lay = self.layout
+        used = {d: np.zeros(lay.num_pages, dtype=bool) for d in self.devices}
+        for part in plan.instances:
+            for r, d in enumerate(part):
+                span = lay.weight_pages(len(part), r)
+                used[d][span.start:span.stop] = True
         for sid, rows in plan.seq_pages.items():
             for g, row in enumerate(rows):
-                d = owner_of(plan.instances[plan.seq_instance[sid]], self.layout.max_tp, g)
-                used.setdefault(d, set()).update(row)
-        weights = {d: self.layout.weight_pages(len(part), r) for part in plan.instances for r, d in enumerate(part)}
+                used[owner_of(plan.instances[plan.seq_instance[sid]], lay.max_tp, g)][row] = True
         for d, pages in self.reserved.items():  # reserved pages the plan left unused are free again
-            back = [p for p in pages - used.get(d, set()) if p not in weights[d]]
-            if back:
-                plan.free_after[d] = np.concatenate([plan.free_after[d], pages_array(back)])
+            back = pages[~used[d][pages]]
+            if len(back):
+                plan.free_after[d] = np.concatenate([plan.free_after[d], back])
         self.plan = plan
         kv = list(enumerate(plan.kv_moves))
         weights = list(enumerate(plan.weight_moves, start=len(kv)))

@@ -6,6 +6,7 @@ before the transformation (plus, for a merge, the weight pages it frees), so exe
 needs no memory beyond each device's arena.
 """
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,9 +17,9 @@ class TransformError(ValueError):
     """A transformation that cannot be done; nothing was changed."""
 
 
-@dataclass(frozen=True)
-class Move:
-    """`count` consecutive pages from `src_page` on `src` to `dst_page` on `dst`."""
+class Move(NamedTuple):
+    """`count` consecutive pages from `src_page` on `src` to `dst_page` on `dst`. A named tuple, not
+    a dataclass: a plan makes thousands in the loop's thread (a frozen dataclass costs 4x as much)."""
     src: int
     dst: int
     src_page: int
@@ -52,17 +53,39 @@ def groups_of(devices: list[int], max_tp: int, device: int) -> range:
     return head_groups(max_tp, len(devices), devices.index(device))
 
 
-def coalesce(moves: list[Move]) -> list[Move]:
-    """Join single-page moves whose source and destination pages both run on consecutively."""
-    out: list[Move] = []
-    for mv in moves:
-        last = out[-1] if out else None
-        if (last and last.src == mv.src and last.dst == mv.dst and last.src_page + last.count == mv.src_page
-                and last.dst_page + last.count == mv.dst_page):
-            out[-1] = Move(last.src, last.dst, last.src_page, last.dst_page, last.count + 1)
-        else:
-            out.append(mv)
-    return out
+def coalesce(src: np.ndarray, dst: np.ndarray, src_pages: np.ndarray, dst_pages: np.ndarray) -> list[Move]:
+    """Single-page copies, in order, as moves of runs whose source and destination pages both run on
+    consecutively (one Move per run: a plan handles thousands of units, a Python object each costs)."""
+    if not len(src_pages):
+        return []
+    start = np.ones(len(src_pages), dtype=bool)
+    start[1:] = ((src[1:] != src[:-1]) | (dst[1:] != dst[:-1]) | (src_pages[1:] != src_pages[:-1] + 1)
+                 | (dst_pages[1:] != dst_pages[:-1] + 1))
+    first = np.flatnonzero(start)
+    counts = np.diff(np.append(first, len(src_pages)))
+    return [Move(int(a), int(b), int(p), int(q), int(n))
+            for a, b, p, q, n in zip(src[first], dst[first], src_pages[first], dst_pages[first], counts)]
+
+
+class Units:
+    """Single-page KV copies gathered row by row, coalesced at the end."""
+
+    def __init__(self):
+        self.rows: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+
+    def add(self, src: int, dst: int, src_pages: np.ndarray, dst_pages: np.ndarray):
+        if len(src_pages):
+            self.rows.append((src, dst, src_pages, dst_pages))
+
+    def __len__(self) -> int:
+        return sum(len(r[2]) for r in self.rows)
+
+    def moves(self) -> list[Move]:
+        if not self.rows:
+            return []
+        n = [len(r[2]) for r in self.rows]
+        return coalesce(np.repeat([r[0] for r in self.rows], n), np.repeat([r[1] for r in self.rows], n),
+                        np.concatenate([r[2] for r in self.rows]), np.concatenate([r[3] for r in self.rows]))
 
 
 def pages_array(pages) -> np.ndarray:
@@ -98,12 +121,12 @@ class _Pools:
         self.pages = pages
         self.pos = {d: 0 for d in pages}
 
-    def take(self, device: int) -> int:
+    def take(self, device: int, n: int) -> np.ndarray:
         i = self.pos[device]
-        if i >= len(self.pages[device]):
+        if i + n > len(self.pages[device]):
             raise TransformError(f"device {device} has no free page left for the KV units it must receive")
-        self.pos[device] = i + 1
-        return int(self.pages[device][i])
+        self.pos[device] = i + n
+        return self.pages[device][i:i + n]
 
     def left(self, device: int) -> np.ndarray:
         return self.pages[device][self.pos[device]:]
@@ -116,7 +139,23 @@ def _outside(pages: np.ndarray, span: range) -> np.ndarray:
 # (seq, group, block) -> (source page, destination device, destination page): a pre-copied unit. A
 # split places requests again at the switch, so a unit may now belong on another device than the one
 # it was copied to, or stay where it is: the copy counts only where both ends still match.
-Placed = dict[tuple[int, int, int], tuple[int, int, int]]
+# (seq, head group) -> (source pages, destination device, destination pages) of the row's units
+# pre-copied, block by block (source -1: not copied). A split places requests again at the switch,
+# so a row may now belong on another device than the one it was copied to, or stay where it is: a
+# copy counts only where both ends still match.
+Placed = dict[tuple[int, int], tuple[np.ndarray, int, np.ndarray]]
+
+
+def _precopied(placed: Placed, seq_id: int, group: int, dst: int, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the row's blocks were pre-copied from the page they still occupy to `dst` (a mask),
+    and the destination pages of the row's pre-copy (empty when none)."""
+    hit = np.zeros(len(row), dtype=bool)
+    pre = placed.get((seq_id, group))
+    if pre is None or pre[1] != dst:
+        return hit, pages_array([])
+    n = min(len(pre[0]), len(row))
+    hit[:n] = pre[0][:n] == row[:n]
+    return hit, pre[2]
 
 
 def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq_instance: dict[int, int],
@@ -125,29 +164,32 @@ def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq
 
     A unit in `placed` was pre-copied from that same source page: it is already in place.
     """
-    moves, seq_pages, freed = [], {}, {d: [] for d in pools.pages}
+    units, seq_pages, freed = Units(), {}, {d: [] for d in pools.pages}
     for s in seqs:
         src_devs, dst_devs = old[s.instance], new[seq_instance[s.seq_id]]
         pages = []
         for g, blocks in enumerate(s.pages):
             src, dst = owner_of(src_devs, max_tp, g), owner_of(dst_devs, max_tp, g)
-            row = []
-            for b, p in enumerate(blocks):
-                if src == dst and p not in pinned.get(src, ()):
-                    row.append(p)
+            row = pages_array(blocks)
+            if src != dst:
+                move = np.ones(len(row), dtype=bool)
+            else:
+                pin = pinned.get(src, range(0))
+                move = (row >= pin.start) & (row < pin.stop)
+                if not move.any():
+                    pages.append(list(blocks))
                     continue
-                pre = placed.get((s.seq_id, g, b))
-                if pre is not None and pre[:2] == (p, dst):
-                    freed[src].append(p)
-                    row.append(pre[2])
-                    continue
-                q = pools.take(dst)
-                moves.append(Move(src, dst, p, q))
-                freed[src].append(p)
-                row.append(q)
-            pages.append(row)
+            out = row.copy()
+            hit, pre = _precopied(placed, s.seq_id, g, dst, row)
+            kept = np.flatnonzero(hit & move)
+            out[kept] = pre[kept]
+            fresh = np.flatnonzero(move & ~hit)
+            out[fresh] = pools.take(dst, len(fresh))
+            units.add(src, dst, row[fresh], out[fresh])
+            freed[src].append(row[move])
+            pages.append(out.tolist())
         seq_pages[s.seq_id] = pages
-    return moves, seq_pages, freed
+    return units, seq_pages, {d: pages_array(np.concatenate(f)) if f else pages_array([]) for d, f in freed.items()}
 
 
 def _check_room(seqs: list[SeqKV], old: list[list[int]], merged: list[int], max_tp: int,
@@ -159,8 +201,7 @@ def _check_room(seqs: list[SeqKV], old: list[list[int]], merged: list[int], max_
         for g, blocks in enumerate(s.pages):
             src, dst = owner_of(old[s.instance], max_tp, g), owner_of(merged, max_tp, g)
             if src != dst:
-                need[dst] += len(blocks) - sum(placed.get((s.seq_id, g, b), (None, None))[:2] == (p, dst)
-                                               for b, p in enumerate(blocks)) if placed else len(blocks)
+                need[dst] += len(blocks) - int(_precopied(placed, s.seq_id, g, dst, pages_array(blocks))[0].sum())
     for d, n in need.items():
         if n > len(pools[d]):
             raise TransformError(f"device {d} has {len(pools[d])} free pages for the {n} KV units it must receive")
@@ -192,9 +233,9 @@ def plan_merge(layout: DeviceLayout, instances: list[list[int]], seqs: list[SeqK
     _check_room(seqs, instances, merged, max_tp, pools_init, placed or {})
     seq_instance = {s.seq_id: 0 for s in seqs}
     pools = _Pools(pools_init)
-    moves, seq_pages, freed = _relocate(seqs, instances, [merged], seq_instance, max_tp, pools, {}, placed or {})
-    return TransformPlan([merged], seq_instance, seq_pages, coalesce(moves), [],
-                         {d: np.concatenate([pools.left(d), pages_array(freed[d])]) for d in devices}, len(moves))
+    units, seq_pages, freed = _relocate(seqs, instances, [merged], seq_instance, max_tp, pools, {}, placed or {})
+    return TransformPlan([merged], seq_instance, seq_pages, units.moves(), [],
+                         {d: np.concatenate([pools.left(d), freed[d]]) for d in devices}, len(units))
 
 
 def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqKV],
@@ -246,11 +287,11 @@ def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqK
         raise TransformError(f"split refused: the running requests need {need} KV blocks and the "
                              f"{k} resulting instances cannot hold them once the full weights are back")
     pools = _Pools({d: _outside(pages_array(free[d]), pinned[d]) for d in devices})
-    moves, seq_pages, freed = _relocate(seqs, [devices], parts, seq_instance, max_tp, pools, pinned, placed or {})
+    units, seq_pages, freed = _relocate(seqs, [devices], parts, seq_instance, max_tp, pools, pinned, placed or {})
     free_after = {}
     for part in parts:
         for d in part:
             kept_before = pages_array(layout.weight_pages(T, devices.index(d)))
-            pages = np.concatenate([pools.left(d), pages_array(freed[d]), kept_before])
+            pages = np.concatenate([pools.left(d), freed[d], kept_before])
             free_after[d] = distinct_pages(_outside(pages, pinned[d]), layout.num_pages)
-    return TransformPlan(parts, seq_instance, seq_pages, coalesce(moves), weight_moves, free_after, len(moves))
+    return TransformPlan(parts, seq_instance, seq_pages, units.moves(), weight_moves, free_after, len(units))

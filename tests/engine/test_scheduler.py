@@ -90,10 +90,10 @@ def test_without_admit_only_running_requests_step():
 def test_reserving_pages_takes_exactly_those_off_the_free_list():
     pages = DevicePages(list(range(10)))
     assert pages.take(2) == [0, 1]
-    pages.reserve({2, 3, 7})
+    pages.reserve([2, 3, 7])
     assert pages.num_free == 5 and pages.free_pages().tolist() == [4, 5, 6, 8, 9]
     with pytest.raises(ValueError, match="not free"):
-        pages.reserve({3})
+        pages.reserve([3])
     pages.give([4])  # a page given back while free: the reservation says so rather than hide it
     with pytest.raises(ValueError, match="more than once"):
-        pages.reserve({4})
+        pages.reserve([4])

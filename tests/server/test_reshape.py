@@ -120,13 +120,19 @@ def test_alternating_short_and_long_arrivals_do_not_thrash(reshaping_server):
     assert made <= 6, f"{made} transformations for 6 long requests in {span:.1f} s"
 
 
+AROUND_S = 2.0
+
+
 def test_64_streams_keep_their_pace_through_two_transformations(tmp_path):
     """A random Llama of 8 layers x 512 wide (steps of tens of ms, like a real model's, where a tiny
     model's few-ms steps would time the HTTP stack) on 2 devices; 64 concurrent streams: 62 of mixed
     lengths, admitted within the first seconds and decoding, then two longer than a TP1 instance
-    holds: the cluster merges, serves them, and splits back while short ones still run. Every stream completes, and no request running
-    through a transformation waits more than 2x its own median gap between tokens (requests that
-    arrived held for the merge, or were queued behind it, are exempt: they were not running)."""
+    holds: the cluster merges, serves them, and splits back while short ones still run. Every stream
+    completes, and no request running through a transformation waits more than 2x its instance's median step: its median gap between
+    tokens in the 2 s around the transformation, on the old instance before it and the new one after
+    (a lifetime median would not be its instance's step then: the steps at TP2 with 62 requests, or
+    beside a 9K-token context, are up to twice the TP1 steps of the same request). Requests that arrived
+    held for the merge, or were queued behind it, are exempt: they were not running."""
     model = make_tiny_model(tmp_path / "mid", "llama", hidden_size=512, intermediate_size=1408,
                             num_hidden_layers=8, max_position_embeddings=16384)
     # all-reduce latency as on this machine's CPU (2 x TP1 serves about 1.2x one TP2 here), and TP1
@@ -155,15 +161,19 @@ def test_64_streams_keep_their_pace_through_two_transformations(tmp_path):
     worst = []
     for r in results:
         ts = r["times"]
-        gaps = [b - a for a, b in zip(ts, ts[1:])]
-        if len(gaps) < 4:
-            continue
-        med = statistics.median(gaps)
-        across = [(b - a, k) for a, b in zip(ts, ts[1:]) for k, (w0, w1) in enumerate(windows) if a <= w1 and b >= w0]
-        for gap, k in across:
-            if ts[0] < windows[k][0]:  # running before the transformation began
-                worst.append((gap / med, k, round(1e3 * gap), round(1e3 * med)))
-    print(f"{len(worst)} (stream, transformation) pairs; worst gap / own median, transformation, gap ms, "
+        for k, (w0, w1) in enumerate(windows):
+            if not ts or ts[0] >= w0:  # not running before the transformation began
+                continue
+            gaps = list(zip(ts, ts[1:]))
+            across = [b - a for a, b in gaps if a <= w1 and b >= w0]
+            # the steps of the instances it ran on around then: before, on the old; after, on the new
+            sides = [[b - a for a, b in gaps if w0 - AROUND_S <= a and b < w0],
+                     [b - a for a, b in gaps if w1 < a and b <= w1 + AROUND_S]]
+            steps = [statistics.median(side) for side in sides if len(side) >= 3]
+            if across and steps:
+                med = max(steps)
+                worst.append((max(across) / med, k, round(1e3 * max(across)), round(1e3 * med)))
+    print(f"{len(worst)} (stream, transformation) pairs; worst gap / median gap around it, transformation, gap ms, "
           f"median ms: {sorted(worst)[-5:]}; transformations {info['transformations']}")
     assert {k for _, k, *_ in worst} >= {0, 1}, "streams must run through the merge and the split"
     assert max(w[0] for w in worst) <= 2.0

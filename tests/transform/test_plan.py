@@ -130,8 +130,7 @@ def test_split_uses_a_precopied_unit_only_where_its_request_still_lands():
     free = {d: [p for p in free[d] if p not in taken[d]] for d in devices}
     wrong = free[1][-2:]   # pre-copied as if `big` went to device 1: group 0 from device 0
     right = free[0][-2:]   # and group 2 from device 1 to device 0, where it does go
-    placed = {(0, 0, b): (big.pages[0][b], 1, wrong[b]) for b in range(2)}
-    placed |= {(0, 2, b): (big.pages[2][b], 0, right[b]) for b in range(2)}
+    placed = {(0, 0): (np.array(big.pages[0]), 1, np.array(wrong)), (0, 2): (np.array(big.pages[2]), 0, np.array(right))}
     free = {0: free[0][:-2], 1: free[1][:-2]}      # reserved while the copies ran
     plan = plan_split(LAYOUT, devices, 2, [big, small], free, placed)
     assert plan.instances[plan.seq_instance[0]] == [0]
