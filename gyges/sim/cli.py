@@ -15,6 +15,7 @@ from gyges.policy.policy import GygesPolicy, StaticPolicy
 from gyges.sim import layouts
 from gyges.sim.peers import peers
 from gyges.sim.profiles import GPUS, MODELS, gpu, model
+from gyges.sim.bound import rate_bound
 from gyges.sim.run import GiveUp, Setup, SimResult, simulate, unloaded
 from gyges.sim.sweep import max_rate
 
@@ -68,6 +69,24 @@ def give_up(n: int, slo: dict[str, float], ref: Callable[[int, int], tuple[float
         t0, p0 = ref(prompt, output)
         return slo.get("ttft", math.inf) * t0, slo.get("tpot", math.inf) * p0
     return GiveUp(limits, n - math.ceil(ATTAINMENT * n - 1e-9))
+
+
+def bound_of(setup: Setup, trace, results: dict[str, dict]) -> dict:
+    """The rate no layout can exceed on this trace (`rate_bound`), printed beside the best static
+    layout that served every request: the most any policy could gain over it."""
+    cost = setup.cost()
+    caps = {t: cost.kv_capacity_tokens(t, setup.block_tokens) for t in (1, 2, 4, 8) if t <= setup.max_tp}
+    b = rate_bound(cost, caps, [(r.input_len, r.output_len) for r in trace], setup.gpus, setup.max_num_seqs,
+                   setup.max_batched_tokens)
+    statics = {n: r["max_rate_at_slo"] for n, r in results.items() if n.startswith("static") and r.get("rejected") == 0}
+    best = max(statics, key=statics.get, default=None)
+    out = {"per_device_tok_s": b.per_device_tok_s, "best_tp": b.best_tp, "max_rate": b.max_rate,
+           "best_static": best, "max_over_best_static": b.max_rate / statics[best] if best and statics[best] else None}
+    per = ", ".join(f"TP{t} {v:.0f}" for t, v in b.per_device_tok_s.items())
+    print(f"bound (cost model, full utilization, no SLO): tokens/s per device on the requests TP1 holds: {per}; "
+          f"no layout serves more than {b.max_rate:.3g} req/s"
+          + (f", {out['max_over_best_static']:.2f}x {best} at the SLO" if out["max_over_best_static"] else ""), flush=True)
+    return out
 
 
 def summary(res: SimResult, slo: dict[str, float], ref: Callable[[int, int], tuple[float, float]]) -> dict:
@@ -130,11 +149,14 @@ def main(args) -> int:
             out[name], shown[name] = run(name, args.rate)
         print(f"{name:<22} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in out[name].items()), flush=True)
+    extra = {}
+    if args.compare:
+        extra["bound"] = bound_of(setup, trace, out)
     if args.plot:
         from gyges.sim.plots import write_plots
         print("plots:", " ".join(str(f) for f in write_plots(shown, args.plot)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"policies": out, "slo": slo, "trace": args.trace, "gpus": args.gpus, "gpu": setup.hw.name,
-                       "model": args.model, "attainment_target": ATTAINMENT}, f, indent=1)
+                       "model": args.model, "attainment_target": ATTAINMENT, **extra}, f, indent=1)
     return 0
