@@ -19,7 +19,6 @@ from gyges.sim.backend import TOKEN, SimBackend
 from gyges.sim.layouts import aligned
 from gyges.sim.stretch import decode_stretch
 
-DTYPE_BYTES = 2  # bf16
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,7 @@ class Setup:
     stretch: bool = True
     max_stretch_s: float = 1.0
     cost_model: type[CostModel] = CostModel  # a peer's variant (gyges.sim.peers)
+    dtype_bytes: int = 2  # bf16 on GPUs; a CPU run in fp32 has 4
 
     def __post_init__(self):
         if self.gpus % min(self.gpus, self.host_devices):
@@ -47,14 +47,14 @@ class Setup:
         return min(self.gpus, self.host_devices)
 
     def cost(self) -> CostModel:
-        return self.cost_model(ModelProfile.from_config(self.model, self.max_tp, DTYPE_BYTES), self.hw)
+        return self.cost_model(ModelProfile.from_config(self.model, self.max_tp, self.dtype_bytes), self.hw)
 
     def policy_config(self) -> PolicyConfig:
         """The policy prices layouts with this engine's limits."""
         return PolicyConfig(max_num_seqs=self.max_num_seqs, max_batched_tokens=self.max_batched_tokens)
 
     def layout(self) -> DeviceLayout:
-        return device_layout(self.model, self.max_tp, self.block_tokens, DTYPE_BYTES, self.hw.memory_bytes)
+        return device_layout(self.model, self.max_tp, self.block_tokens, self.dtype_bytes, self.hw.memory_bytes)
 
     def sizes(self, per_host: tuple[int, ...]) -> list[int]:
         """Instance sizes over every host, each host cut as `per_host` (aligned, largest first)."""
