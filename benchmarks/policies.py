@@ -68,6 +68,7 @@ class Setup:
     vocab_size: int
     args: argparse.Namespace
     phases: dict[str, float] = field(default_factory=dict)
+    plain_tp1_capacity: int = 0  # KV tokens of a TP1 instance laid out for TP1 alone (the ceiling's) at this memory
 
     @property
     def threads(self) -> int:
@@ -114,7 +115,9 @@ def scaled(trace: str, devices: int, args, model: Path) -> Setup:
     capacity = {t: layout.kv_capacity(t) // units_per_block(devices, t) * args.block_size
                 for t in (2 ** k for k in range(devices.bit_length())) if t <= devices}
     w = scale_trace(reqs, 1.0, ls, config.max_position_embeddings)
-    return Setup(trace, devices, w, ls, memory, capacity, model, "model", config.vocab_size, args)
+    plain = device_layout(config, 1, args.block_size, DTYPE_BYTES[args.dtype], memory)
+    return Setup(trace, devices, w, ls, memory, capacity, model, "model", config.vocab_size, args,
+                 plain_tp1_capacity=plain.kv_capacity(1) * args.block_size)
 
 
 # the server
@@ -355,9 +358,15 @@ def compare(s: Setup) -> tuple[dict, dict]:
         plain = throughput(s, url, burst)
     with serve_setup(s, "static", (k,)) as url:
         tpk = throughput(s, url, burst)
+    with serve_setup(s, "static", (1,) * k) as url:  # Gyges' own TP1 instances: laid out to be merged
+        own = throughput(s, url, burst)
     phase("ceiling", t0)
     ceiling = float(np.median(plain) / np.median(tpk))
     bound = 1.0 / ((1.0 - w_merge) / ceiling + w_merge)
+    # what transformable TP1 instances give at this device memory: the padding that lets heads split
+    # over k devices also takes KV pages, which a tight memory feels (SmolLM2: 3 KV heads pad to 4)
+    ceiling_own = float(np.median(own) / np.median(tpk))
+    bound_own = 1.0 / ((1.0 - w_merge) / ceiling_own + w_merge)
     # every policy's server up at once, so that their sweeps interleave: round by round, each policy
     # runs its next rate, and a slow spell of this shared machine falls on all of them alike
     with ExitStack() as stack:
@@ -397,8 +406,9 @@ def compare(s: Setup) -> tuple[dict, dict]:
            "need_merge": len(work) - len(fits), "work_share_need_merge": w_merge,
            "slo": {**{m: f"{x:g}x" for m, x in SLO.items()}, "attainment": ATTAIN,
                    "baseline": baseline.to_json() | {"requests": len(samples)}},
-           "ceiling": ceiling, "bound": bound,
-           "ceiling_runs_tok_s": {f"plain-{k}xtp1": plain, f"tp{k}": tpk}, **results}
+           "ceiling": ceiling, "bound": bound, "ceiling_transformable": ceiling_own, "bound_transformable": bound_own,
+           "kv_tokens_plain_tp1": s.plain_tp1_capacity,
+           "ceiling_runs_tok_s": {f"plain-{k}xtp1": plain, f"tp{k}": tpk, f"{k}xtp1-transformable": own}, **results}
     return out, runs
 
 
@@ -475,7 +485,9 @@ def plot(key: str, out: dict, runs: dict, capacity_tp1: int):
 
 def table(key: str, out: dict) -> str:
     rows = [f"{key}: ceiling {out['ceiling']:.3f}, w {out['work_share_need_merge']:.3f}, bound {out['bound']:.3f}, "
-            f"length scale {out['length_scale']:.4f}, TP1 KV {out['kv_tokens']['1']} tokens",
+            f"length scale {out['length_scale']:.4f}, TP1 KV {out['kv_tokens']['1']} tokens "
+            f"(plain TP1: {out['kv_tokens_plain_tp1']}); with Gyges' own TP1 instances: ceiling "
+            f"{out['ceiling_transformable']:.3f}, bound {out['bound_transformable']:.3f}",
             f"{'policy':<16}{'max rate':>9}{'tok/s':>9}{'goodput':>9}{'TTFT p50':>9}{'TTFT p99':>9}"
             f"{'TPOT p50':>9}{'rej':>5}{'fail':>5}{'trans':>6}{'vs best':>8}"]
     names = [n for n in out if n == "gyges" or n.startswith("static")]
