@@ -136,9 +136,6 @@ def _outside(pages: np.ndarray, span: range) -> np.ndarray:
     return pages[(pages < span.start) | (pages >= span.stop)]
 
 
-# (seq, group, block) -> (source page, destination device, destination page): a pre-copied unit. A
-# split places requests again at the switch, so a unit may now belong on another device than the one
-# it was copied to, or stay where it is: the copy counts only where both ends still match.
 # (seq, head group) -> (source pages, destination device, destination pages) of the row's units
 # pre-copied, block by block (source -1: not copied). A split places requests again at the switch,
 # so a row may now belong on another device than the one it was copied to, or stay where it is: a
@@ -162,7 +159,8 @@ def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq
               max_tp: int, pools: _Pools, pinned: dict[int, range], placed: Placed):
     """Move every unit whose head group changes device, or whose page the new weights need.
 
-    A unit in `placed` was pre-copied from that same source page: it is already in place.
+    A unit in `placed` was pre-copied from that same source page to that same device: it is
+    already in place. Whole block rows at a time in numpy: plans run in the engine loop's thread.
     """
     units, seq_pages, freed = Units(), {}, {d: [] for d in pools.pages}
     for s in seqs:
@@ -189,7 +187,7 @@ def _relocate(seqs: list[SeqKV], old: list[list[int]], new: list[list[int]], seq
             freed[src].append(row[move])
             pages.append(out.tolist())
         seq_pages[s.seq_id] = pages
-    return units, seq_pages, {d: pages_array(np.concatenate(f)) if f else pages_array([]) for d, f in freed.items()}
+    return units, seq_pages, {d: np.concatenate(f) if f else pages_array([]) for d, f in freed.items()}
 
 
 def _check_room(seqs: list[SeqKV], old: list[list[int]], merged: list[int], max_tp: int,
