@@ -112,12 +112,11 @@ def scaled(trace: str, devices: int, args, model: Path) -> Setup:
     blocks = math.ceil(REAL_KV_TOKENS * ls / args.block_size)
     memory = (probe.min_pages(1) + blocks * units_per_block(devices, 1)) * probe.page_bytes
     layout = device_layout(config, devices, args.block_size, DTYPE_BYTES[args.dtype], memory)
-    capacity = {t: layout.kv_capacity(t) // units_per_block(devices, t) * args.block_size
-                for t in (2 ** k for k in range(devices.bit_length())) if t <= devices}
+    capacity = {t: layout.kv_tokens(t) for t in (2 ** k for k in range(devices.bit_length())) if t <= devices}
     w = scale_trace(reqs, 1.0, ls, config.max_position_embeddings)
     plain = device_layout(config, 1, args.block_size, DTYPE_BYTES[args.dtype], memory)
     return Setup(trace, devices, w, ls, memory, capacity, model, "model", config.vocab_size, args,
-                 plain_tp1_capacity=plain.kv_capacity(1) * args.block_size)
+                 plain_tp1_capacity=plain.kv_tokens(1))
 
 
 # the server
@@ -314,6 +313,12 @@ def next_rate(met: dict[float, bool], start: float, factor: float, max_runs: int
     return None if mid in met else mid
 
 
+def implied_bound(ceiling: float, w_merge: float) -> float:
+    """Gyges' gain over the merged layout if the share 1 - w_merge of the work runs `ceiling` times
+    faster and the rest as fast."""
+    return 1.0 / ((1.0 - w_merge) / ceiling + w_merge)
+
+
 def compare(s: Setup) -> tuple[dict, dict]:
     """Baseline, ceiling and every policy's sweep for one Setup; returns its JSON and the runs to plot."""
     k, runs = s.devices, {}
@@ -362,11 +367,11 @@ def compare(s: Setup) -> tuple[dict, dict]:
         own = throughput(s, url, burst)
     phase("ceiling", t0)
     ceiling = float(np.median(plain) / np.median(tpk))
-    bound = 1.0 / ((1.0 - w_merge) / ceiling + w_merge)
+    bound = implied_bound(ceiling, w_merge)
     # what transformable TP1 instances give at this device memory: the padding that lets heads split
     # over k devices also takes KV pages, which a tight memory feels (SmolLM2: 3 KV heads pad to 4)
     ceiling_own = float(np.median(own) / np.median(tpk))
-    bound_own = 1.0 / ((1.0 - w_merge) / ceiling_own + w_merge)
+    bound_own = implied_bound(ceiling_own, w_merge)
     # every policy's server up at once, so that their sweeps interleave: round by round, each policy
     # runs its next rate, and a slow spell of this shared machine falls on all of them alike
     with ExitStack() as stack:

@@ -20,7 +20,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gyges.bench.traces import TraceRequest  # noqa: E402
-from gyges.memory.layout import units_per_block  # noqa: E402
 from gyges.model.loader import load_config, resolve_model  # noqa: E402
 from gyges.policy.policy import GygesPolicy, StaticPolicy  # noqa: E402
 from gyges.policy.profiles import cpu_profile  # noqa: E402
@@ -69,7 +68,7 @@ def main() -> int:
         setup = Setup(model, hw, gpus=t["devices"], host_devices=t["devices"], max_tp=t["devices"],
                       block_tokens=args.block_size, max_num_seqs=64, max_batched_tokens=512, dtype_bytes=args.dtype_bytes)
         layout = setup.layout()
-        caps = {str(tp): layout.kv_capacity(tp) // units_per_block(layout.max_tp, tp) * args.block_size for tp in (1, 2)}
+        caps = {str(tp): layout.kv_tokens(tp) for tp in (1, 2)}
         out["traces"][trace_name] = {"kv_tokens_real": t["kv_tokens"], "kv_tokens_sim": caps, "runs": []}
         for policy in (p for p in t if p in LAYOUTS):
             for run in t[policy]["rates"]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from gyges.engine.kv_pool import DevicePages, KVPool
 from gyges.engine.scheduler import ScheduledBatch, Scheduler
 from gyges.engine.sequence import Sequence, Status
-from gyges.memory.layout import DeviceLayout, units_per_block
+from gyges.memory.layout import DeviceLayout
 from gyges.policy import snapshot as ps
 from gyges.transform.coordinator import TransformReport, Transition, one_more_step
 from gyges.transform.plan import TransformError, kv_page_order
@@ -154,7 +154,7 @@ class Controller:
 
     def capacity_tokens(self, tp: int) -> int:
         """KV tokens an empty instance of degree `tp` holds."""
-        return self.layout.kv_capacity(tp) // units_per_block(self.cfg.max_tp, tp) * self.cfg.block_tokens
+        return self.layout.kv_tokens(tp)
 
     def instance_of(self, device: int) -> Instance:
         return next(i for i in self.instances if device in i.devices)

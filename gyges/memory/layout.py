@@ -174,6 +174,11 @@ class DeviceLayout:
         """How many pages `free_pages` gives any rank at TP `tp`."""
         return self.num_pages - self.min_pages(tp)
 
+    def kv_tokens(self, tp: int) -> int:
+        """KV tokens one TP-`tp` instance holds: its devices' free pages in whole blocks (a block is
+        one page per head group, `units_per_block` of them on each device)."""
+        return self.kv_capacity(tp) // units_per_block(self.max_tp, tp) * self.unit.block_tokens
+
     def min_pages(self, tp: int) -> int:
         return self.replicated_pages + self.slab_pages * units_per_block(self.max_tp, tp)
 

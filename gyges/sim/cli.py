@@ -58,8 +58,7 @@ def policies(setup: Setup, longest_need: int) -> dict[str, tuple]:
 
 def unloaded_of(setup: Setup) -> Callable[[int, int], tuple[float, float]]:
     """(prompt, output) -> the request's unloaded TTFT and TPOT on `setup`, cached: the SLO's reference."""
-    cost = setup.cost()
-    caps = {t: cost.kv_capacity_tokens(t, setup.block_tokens) for t in (1, 2, 4, 8) if t <= setup.max_tp}
+    cost, caps = setup.cost(), setup.kv_capacities()
     return functools.cache(lambda prompt, output: unloaded(cost, caps, prompt, output, setup.max_batched_tokens))
 
 
@@ -74,9 +73,7 @@ def give_up(n: int, slo: dict[str, float], ref: Callable[[int, int], tuple[float
 def bound_of(setup: Setup, trace, results: dict[str, dict]) -> dict:
     """The rate no layout can exceed on this trace (`rate_bound`), printed beside the best static
     layout that served every request: the most any policy could gain over it."""
-    cost = setup.cost()
-    caps = {t: cost.kv_capacity_tokens(t, setup.block_tokens) for t in (1, 2, 4, 8) if t <= setup.max_tp}
-    b = rate_bound(cost, caps, [(r.input_len, r.output_len) for r in trace], setup.gpus, setup.max_num_seqs,
+    b = rate_bound(setup.cost(), setup.kv_capacities(), [(r.input_len, r.output_len) for r in trace], setup.gpus, setup.max_num_seqs,
                    setup.max_batched_tokens)
     statics = {n: r["max_rate_at_slo"] for n, r in results.items() if n.startswith("static") and r.get("rejected") == 0}
     best = max(statics, key=statics.get, default=None)

@@ -53,6 +53,11 @@ class Setup:
         """The policy prices layouts with this engine's limits."""
         return PolicyConfig(max_num_seqs=self.max_num_seqs, max_batched_tokens=self.max_batched_tokens)
 
+    def kv_capacities(self) -> dict[int, int]:
+        """TP degree -> KV tokens of one instance, in whole blocks (the cost model's view)."""
+        cost = self.cost()
+        return {t: cost.kv_capacity_tokens(t, self.block_tokens) for t in (1, 2, 4, 8) if t <= self.max_tp}
+
     def layout(self) -> DeviceLayout:
         return device_layout(self.model, self.max_tp, self.block_tokens, self.dtype_bytes, self.hw.memory_bytes)
 

@@ -87,6 +87,16 @@ def _cross_bytes(moves: list[Move], page_bytes: int) -> int:
     return sum(mv.count for mv in moves if mv.src != mv.dst) * page_bytes
 
 
+def _weight_mask(layout, instances: list[list[int]], devices: list[int]) -> dict[int, np.ndarray]:
+    """Per device, a mask over its pages of the weights it holds as a rank of `instances`."""
+    mask = {d: np.zeros(layout.num_pages, dtype=bool) for d in devices}
+    for inst in instances:
+        for r, d in enumerate(inst):
+            span = layout.weight_pages(len(inst), r)
+            mask[d][span.start:span.stop] = True
+    return mask
+
+
 def _for_devices(moves: list[tuple[int, Move]], devices) -> dict[int, list]:
     return {d: [x for x in moves if d in (x[1].src, x[1].dst)] for d in devices}
 
@@ -123,11 +133,7 @@ class Transition:
         the tentative plan hands out was free just now, except the old weights a merge releases.
         Whole block rows at a time in numpy: this runs in the loop's thread, between other steps."""
         lay = self.layout
-        taken = {d: np.zeros(lay.num_pages, dtype=bool) for d in self.devices}  # weights now, or reserved
-        for inst in self.old:
-            for r, d in enumerate(inst.devices):
-                span = lay.weight_pages(inst.tp, r)
-                taken[d][span.start:span.stop] = True
+        taken = _weight_mask(lay, [i.devices for i in self.old], self.devices)  # weights now, or reserved
         units, reserved = Units(), {d: [] for d in self.devices}
         for inst in self.old:
             for seq in inst.scheduler.running:
@@ -157,7 +163,7 @@ class Transition:
                     reserved[mv.dst].append(np.arange(span.start, span.stop, dtype=np.int64))
                     self.fetched.add((mv.dst, (mv.dst_page - lay.replicated_pages) // lay.slab_pages))
                     weights.append(mv)
-        self.reserved = {d: pages_array(np.concatenate(r)) if r else pages_array([]) for d, r in reserved.items()}
+        self.reserved = {d: np.concatenate(r) if r else pages_array([]) for d, r in reserved.items()}
         for inst in self.old:
             for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
                 pages.reserve(self.reserved[d])
@@ -201,15 +207,10 @@ class Transition:
         except TransformError:
             self.abort()
             raise
-        lay = self.layout
-        used = {d: np.zeros(lay.num_pages, dtype=bool) for d in self.devices}
-        for part in plan.instances:
-            for r, d in enumerate(part):
-                span = lay.weight_pages(len(part), r)
-                used[d][span.start:span.stop] = True
+        used = _weight_mask(self.layout, plan.instances, self.devices)  # then the KV the plan placed
         for sid, rows in plan.seq_pages.items():
             for g, row in enumerate(rows):
-                used[owner_of(plan.instances[plan.seq_instance[sid]], lay.max_tp, g)][row] = True
+                used[owner_of(plan.instances[plan.seq_instance[sid]], self.layout.max_tp, g)][row] = True
         for d, pages in self.reserved.items():  # reserved pages the plan left unused are free again
             back = pages[~used[d][pages]]
             if len(back):

@@ -105,7 +105,7 @@ def kv_page_order(layout: DeviceLayout, pages) -> np.ndarray:
     return np.concatenate([ordered[~in_slabs], ordered[in_slabs]])
 
 
-def distinct_pages(pages: np.ndarray, num_pages: int) -> np.ndarray:
+def _distinct(pages: np.ndarray, num_pages: int) -> np.ndarray:
     """The distinct pages, ascending (a mask over the device's pages: np.unique hashes, ten times slower)."""
     mask = np.zeros(num_pages, dtype=bool)
     mask[pages] = True
@@ -291,5 +291,5 @@ def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqK
         for d in part:
             kept_before = pages_array(layout.weight_pages(T, devices.index(d)))
             pages = np.concatenate([pools.left(d), freed[d], kept_before])
-            free_after[d] = distinct_pages(_outside(pages, pinned[d]), layout.num_pages)
+            free_after[d] = _distinct(_outside(pages, pinned[d]), layout.num_pages)
     return TransformPlan(parts, seq_instance, seq_pages, units.moves(), weight_moves, free_after, len(units))
