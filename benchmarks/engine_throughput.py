@@ -12,6 +12,7 @@ the measured instance runs; configurations interleave round by round (a fresh cl
 
     python benchmarks/engine_throughput.py --quick
     python benchmarks/engine_throughput.py --smoke   # every part at a tiny size, no vLLM, JSON under /tmp
+    python benchmarks/engine_throughput.py --layout-only --smollm2-meta DIR   # SmolLM2's shapes, random weights
 """
 import argparse
 import json
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.peers import vllm_cpu  # noqa: E402
 from gyges.cluster.cluster import Cluster  # noqa: E402
-from gyges.cluster.config import ClusterConfig  # noqa: E402
+from gyges.cluster.config import ClusterConfig, usable_cores  # noqa: E402
 from gyges.engine.sequence import SamplingParams  # noqa: E402
 from gyges.model.loader import default_model_path  # noqa: E402
 from gyges.policy.snapshot import Action, Arrival, Event, Route, Snapshot  # noqa: E402
@@ -38,7 +39,7 @@ from gyges.policy.snapshot import Action, Arrival, Event, Route, Snapshot  # noq
 WORK = Path("/tmp/gyges-bench")
 HF_DIR = WORK / "smollm2-hf"
 LLAMA_DIR = WORK / "llama-4l-16q8kv-random"
-CORES = os.cpu_count() or 1
+CORES = usable_cores()
 # the layout table's configurations: (name, measured instance's TP, max_tp); the cluster has max_tp devices
 LAYOUTS = (("tp1_maxtp1", 1, 1), ("tp1_maxtp2", 1, 2), ("tp1_maxtp4", 1, 4), ("tp2_maxtp2", 2, 2), ("tp2_maxtp4", 2, 4))
 TAX_RATIOS = (("tp1_maxtp2", "tp1_maxtp1"), ("tp1_maxtp4", "tp1_maxtp1"), ("tp2_maxtp4", "tp2_maxtp2"))
@@ -113,7 +114,7 @@ def transformers_tok_s(model: Path, batch_sizes, new_tokens, prompt_tokens) -> d
     return out
 
 
-def unpadded_llama() -> Path:
+def unpadded_llama(tokenizer_dir: Path) -> Path:
     """A random 4-layer Llama with 16 query / 8 KV heads of 64 (no padding at any TP up to 8) and
     SmolLM2's tokenizer, made once: the layout tax without padded heads."""
     if (LLAMA_DIR / "model.safetensors").exists():
@@ -124,8 +125,23 @@ def unpadded_llama() -> Path:
                                    tie_word_embeddings=False)
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(LLAMA_DIR)
-    transformers.AutoTokenizer.from_pretrained(export_hf_dir()).save_pretrained(LLAMA_DIR)
+    transformers.AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(LLAMA_DIR)
     return LLAMA_DIR
+
+
+def random_weights_like(meta: Path) -> Path:
+    """A model of the config and tokenizer in `meta` (no weights there) with random bf16 weights, made
+    once. Throughput depends on shapes, not values: this stands in for SmolLM2 where its 94 MB GGUF
+    is not at hand (a device machine gets only the working tree)."""
+    out = WORK / f"{meta.name}-random"
+    if (out / "model.safetensors").exists():
+        return out
+    import transformers
+    cfg = transformers.AutoConfig.from_pretrained(meta)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16).save_pretrained(out)
+    transformers.AutoTokenizer.from_pretrained(meta).save_pretrained(out)
+    return out
 
 
 class OneInstance:
@@ -166,12 +182,13 @@ def layout_run(model: Path, tp: int, max_tp: int, batches: dict[str, Batch]) -> 
         return out, room, cluster.worker_info[0]
 
 
-def layout_tax(models: dict[str, Path], batches: dict[str, Batch], rounds: int) -> dict:
+def layout_tax(models: dict[str, Path], batches: dict[str, Batch], rounds: int, save=None) -> dict:
     """Every configuration of LAYOUTS on every model, `rounds` times, interleaved (each round starts
-    one configuration later); medians, min and max, and each tax ratio paired within a round."""
+    one configuration later); medians, min and max, and each tax ratio paired within a round.
+    `save(summary)` after every round, so a run cut short still leaves its finished rounds."""
     runs = {m: {k: {c: [] for c, _, _ in LAYOUTS} for k in batches} for m in models}
     capacity: dict[str, dict[str, int]] = {m: {} for m in models}
-    paths = set()
+    paths: set[str] = set()
     for r in range(rounds):
         order = LAYOUTS[r % len(LAYOUTS):] + LAYOUTS[:r % len(LAYOUTS)]
         for m, path in models.items():
@@ -182,11 +199,17 @@ def layout_tax(models: dict[str, Path], batches: dict[str, Batch], rounds: int) 
                     runs[m][k][name].append(v)
                 print(f"  round {r + 1}/{rounds} {m} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in tok_s.items()),
                       flush=True)
+        if save:
+            save(_summary(runs, capacity, paths, r + 1, batches))
+    return _summary(runs, capacity, paths, rounds, batches)
+
+
+def _summary(runs: dict, capacity: dict, paths: set[str], rounds: int, batches: dict[str, Batch]) -> dict:
     out: dict = {"path": sorted(paths), "rounds": rounds,
                  "batches": {k: {"requests": len(b), "prompt_tokens": len(b[0]), "new_tokens": sp.max_tokens}
                              for k, (b, sp) in batches.items()}}
-    for m in models:
-        out[m] = {"kv_capacity_tokens": capacity[m]}
+    for m in runs:
+        out[m] = {"kv_capacity_tokens": dict(capacity[m])}
         for k in batches:
             cfgs = runs[m][k]
             entry: dict = {c: statistics.median(v) for c, v in cfgs.items()}
@@ -194,7 +217,7 @@ def layout_tax(models: dict[str, Path], batches: dict[str, Batch], rounds: int) 
             entry["ratios"] = {n: statistics.median(v) for n, v in paired.items()}
             entry["ratio_spread"] = {n: {"min": min(v), "max": max(v)} for n, v in paired.items()}
             entry["spread"] = {c: {"min": min(v), "max": max(v)} for c, v in cfgs.items()}
-            entry["runs"] = cfgs
+            entry["runs"] = {c: list(v) for c, v in cfgs.items()}
             out[m][k] = entry
     return out
 
@@ -218,29 +241,9 @@ def print_layout_tax(tax: dict, models: list[str], kinds: list[str]):
         print(f"{m:<22} {'KV cap.':<8} " + " ".join(f"{tax[m]['kv_capacity_tokens'][c]:>22}" for c, _, _ in LAYOUTS))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="batch sizes 1, 8, 32 once; no TP2 at batch 1")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--no-vllm", action="store_true", help="skip vLLM CPU (installed into /tmp on first use)")
-    ap.add_argument("--layout-rounds", type=int, default=3, help="interleaved rounds of the layout table")
-    ap.add_argument("--smoke", action="store_true",
-                    help="every part at a tiny size, one layout round, no vLLM; writes under /tmp")
-    ap.add_argument("--out", default=None, help="default results/engine_throughput.json (--smoke: under /tmp)")
-    args = ap.parse_args()
-    # the layout table's batches: decode-heavy (32 x 64 prompt, 64 new) and prefill-heavy (16 x 750, 4 new)
-    shapes = {"decode": (32, 64, 64), "prefill": (16, 750, 4)}
-    if args.smoke:
-        args.batch_sizes, args.new_tokens, args.prompt_tokens, args.no_vllm, args.layout_rounds = [1, 2], 4, 8, True, 1
-        shapes = {"decode": (4, 16, 8), "prefill": (2, 96, 2)}
-    out_path = Path(args.out or (WORK / "engine_throughput_smoke.json" if args.smoke
-                                 else ROOT / "results" / "engine_throughput.json"))
+def engine_table(model: Path, args) -> dict:
+    """Gyges (kernels and PyTorch path), transformers and vLLM CPU at each batch size, and TP2 / 2 x TP1."""
     bs, n, p = args.batch_sizes, args.new_tokens, args.prompt_tokens
-    model = export_hf_dir()
-    t0 = time.perf_counter()
-    print(f"model {model} (SmolLM2-135M-Instruct, GGUF Q4_1 dequantized to bf16); {CORES} cores", flush=True)
     results = {"gyges": gyges_tok_s(model, bs, n, p),
                "gyges_pytorch": gyges_tok_s(model, bs, n, p, cpu_kernels=False)}
     print("gyges done", flush=True)
@@ -254,14 +257,7 @@ def main():
     tp_bs = [b for b in bs if b >= 8] if args.quick else bs
     results["gyges_tp2"] = gyges_tok_s(model, tp_bs, n, p, devices=2, tp=2)
     results["gyges_2xtp1"] = gyges_tok_s(model, tp_bs, n, p, devices=2, tp=1)
-    print("layout table", flush=True)
-    tax_models = {"smollm2-135m": model, "llama-16q8kv-random": unpadded_llama()}
-    batches = {k: (prompts(bs_, pt, 7 + i), SamplingParams(max_tokens=nt, temperature=0, ignore_eos=True))
-               for i, (k, (bs_, pt, nt)) in enumerate(shapes.items())}
-    tax = layout_tax(tax_models, batches, args.layout_rounds)
-    report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
-        "cores": CORES, "dtype": "bfloat16", "new_tokens": n, "prompt_tokens": p, "batch_sizes": bs,
+    return {
         "kernels": "gyges: C kernels (packed bf16 matmuls, paged decode attention); gyges_pytorch: cpu_kernels=False",
         "threads": {"gyges": f"1 worker x {CORES} torch threads; TP2: 2 workers x {max(1, CORES // 2)}",
                     "transformers": f"{CORES} torch threads", "vllm": vllm.get("threads")},
@@ -273,25 +269,73 @@ def main():
             "tp2_over_tp1": {b: results["gyges_tp2"][b] / results["gyges"][b] for b in results["gyges_tp2"]},
             "2xtp1_over_tp1": {b: results["gyges_2xtp1"][b] / results["gyges"][b] for b in results["gyges_2xtp1"]},
         },
-        "layout_tax": tax,
-        "wall_s": time.perf_counter() - t0,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2))
-    print(f"\noutput tokens/s, {n} new tokens, prompts of {p}, bf16 ({report['wall_s']:.0f} s)")
+
+
+def print_engine_table(report: dict, bs: list[int]):
+    results, r = report["tok_s"], report["ratios"]
+    print(f"\noutput tokens/s, {report['new_tokens']} new tokens, prompts of {report['prompt_tokens']}, bf16")
     print(f"{'batch':>6} {'gyges':>8} {'no-kernels':>10} {'transformers':>13} {'vllm':>8} {'g/hf':>6} {'g/vllm':>7} "
           f"{'tp2/tp1':>8} {'2xtp1/tp1':>10}")
-    r = report["ratios"]
     for b in map(str, bs):
         v = results["vllm"][b] if results["vllm"] else None
         print(f"{b:>6} {results['gyges'][b]:8.1f} {results['gyges_pytorch'][b]:10.1f} {results['transformers'][b]:13.1f} "
               f"{v or float('nan'):8.1f} "
               f"{r['gyges_over_transformers'][b]:6.2f} {(r['gyges_over_vllm'] or {}).get(b, float('nan')):7.2f} "
               f"{r['tp2_over_tp1'].get(b, float('nan')):8.2f} {r['2xtp1_over_tp1'].get(b, float('nan')):10.2f}")
-    if vllm.get("error"):
-        print(f"vllm: {vllm['error']}")
+    if report.get("vllm_error"):
+        print(f"vllm: {report['vllm_error']}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="batch sizes 1, 8, 32 once; no TP2 at batch 1")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--no-vllm", action="store_true", help="skip vLLM CPU (installed into /tmp on first use)")
+    ap.add_argument("--layout-rounds", type=int, default=3, help="interleaved rounds of the layout table")
+    ap.add_argument("--layout-only", action="store_true", help="only the layout table, not the engine table")
+    ap.add_argument("--smollm2-meta", type=Path, default=None,
+                    help="a folder with SmolLM2's config and tokenizer but no weights: the layout table then runs "
+                         "random weights of its shapes (where the embedded GGUF is not at hand)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="every part at a tiny size, one layout round, no vLLM; writes under /tmp")
+    ap.add_argument("--out", default=None, help="default results/engine_throughput.json (--smoke: under /tmp)")
+    args = ap.parse_args()
+    # the layout table's batches: decode-heavy (32 x 64 prompt, 64 new) and prefill-heavy (16 x 750, 4 new)
+    shapes = {"decode": (32, 64, 64), "prefill": (16, 750, 4)}
+    if args.smoke:
+        args.batch_sizes, args.new_tokens, args.prompt_tokens, args.no_vllm, args.layout_rounds = [1, 2], 4, 8, True, 1
+        shapes = {"decode": (4, 16, 8), "prefill": (2, 96, 2)}
+    out_path = Path(args.out or (WORK / "engine_throughput_smoke.json" if args.smoke
+                                 else ROOT / "results" / "engine_throughput.json"))
+    t0 = time.perf_counter()
+    if args.smollm2_meta:
+        smollm2, smollm2_name, tokenizer_dir = random_weights_like(args.smollm2_meta), "smollm2-135m-random-weights", args.smollm2_meta
+    else:
+        smollm2 = tokenizer_dir = export_hf_dir()
+        smollm2_name = "smollm2-135m"
+    print(f"model {smollm2} (SmolLM2-135M-Instruct shapes, bf16); {CORES} cores", flush=True)
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": platform.processor() or platform.machine(), "cores": CORES, "dtype": "bfloat16",
+              "new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens, "batch_sizes": args.batch_sizes}
+    if not args.layout_only:
+        report.update(engine_table(smollm2, args))
+    print("layout table", flush=True)
+    tax_models = {smollm2_name: smollm2, "llama-16q8kv-random": unpadded_llama(tokenizer_dir)}
+    batches = {k: (prompts(bs_, pt, 7 + i), SamplingParams(max_tokens=nt, temperature=0, ignore_eos=True))
+               for i, (k, (bs_, pt, nt)) in enumerate(shapes.items())}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(tax: dict):
+        report.update(layout_tax=tax, wall_s=time.perf_counter() - t0)
+        out_path.write_text(json.dumps(report, indent=2))
+    tax = layout_tax(tax_models, batches, args.layout_rounds, save)
+    if not args.layout_only:
+        print_engine_table(report, args.batch_sizes)
     print_layout_tax(tax, list(tax_models), list(batches))
-    print(f"wrote {out_path}")
+    print(f"({report['wall_s']:.0f} s) wrote {out_path}")
 
 
 if __name__ == "__main__":

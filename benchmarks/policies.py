@@ -41,6 +41,7 @@ from gyges.bench.runner import BenchConfig, BenchResult, run_benchmark  # noqa: 
 from gyges.bench.slo import Baseline, fit_baseline  # noqa: E402
 from gyges.bench.traces import load_trace  # noqa: E402
 from gyges.bench.workload import Workload, scale_trace, spread_ties, time_scale_for_rate, with_arrivals  # noqa: E402
+from gyges.cluster.config import usable_cores  # noqa: E402
 from gyges.kernels.build import default_cpu_dtype  # noqa: E402
 from gyges.memory.layout import device_layout, units_per_block  # noqa: E402
 from gyges.model.loader import load_config  # noqa: E402
@@ -72,7 +73,7 @@ class Setup:
 
     @property
     def threads(self) -> int:
-        return self.args.threads_per_device or max(1, (os.cpu_count() or 1) // self.devices)
+        return self.args.threads_per_device or max(1, usable_cores() // self.devices)
 
     @property
     def key(self) -> str:

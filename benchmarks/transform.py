@@ -35,6 +35,7 @@ from gyges.bench import transfer  # noqa: E402
 from gyges.cluster.cluster import Cluster  # noqa: E402
 from gyges.cluster.config import ClusterConfig  # noqa: E402
 from gyges.engine.sequence import SamplingParams  # noqa: E402
+from gyges.kernels.build import default_cpu_dtype  # noqa: E402
 from gyges.model.loader import default_model_path  # noqa: E402
 from gyges.worker.worker import WORKER_CLASS_ENV  # noqa: E402
 
@@ -213,8 +214,8 @@ SPREAD = ("kv_move_span_s", "limit_span_s", "fraction_of_limit", "stall_over_ste
 
 
 def run_model(name: str, model: Path | None, memory: str, prompt_lens: list[int], cycles: int,
-              restart: bool = True) -> dict:
-    cfg = ClusterConfig(model=str(model) if model else None, devices=4, tp=1, max_tp=4, dtype="bfloat16",
+              restart: bool = True, dtype: str = "bfloat16") -> dict:
+    cfg = ClusterConfig(model=str(model) if model else None, devices=4, tp=1, max_tp=4, dtype=dtype,
                         device_memory=memory, max_batched_tokens=512)
     t = time.perf_counter()
     with Cluster(cfg) as cluster:
@@ -268,16 +269,19 @@ def main():
     ap.add_argument("--cycles", type=int, default=CYCLES, help="merge/split cycles, synchronous and with pre-copy")
     ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     ap.add_argument("--no-restart", action="store_true", help="skip the drain-and-restart baseline (smoke runs)")
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=default_cpu_dtype(),
+                    help="default: bf16 where the CPU has AVX512-BF16 (the C kernels), else fp32")
     ap.add_argument("--out", default=str(ROOT / "results" / "transform.json"))
     args = ap.parse_args()
     os.environ[WORKER_CLASS_ENV] = "gyges.bench.transfer:BenchWorker"  # the limits and baselines run as its commands
     t0 = time.perf_counter()
     lens = [args.kv_tokens * w // 60 for w in (18, 14, 10, 8, 6, 4)]
-    memory = {"smollm2-135m": "512MiB", "llama-250m-random": "768MiB"}
+    scale = 2 if args.dtype == "float32" else 1  # fp32 weights and KV take twice the bytes
+    memory = {"smollm2-135m": f"{512 * scale}MiB", "llama-250m-random": f"{768 * scale}MiB"}
     results = {name: run_model(name, large_llama() if name == "llama-250m-random" else None, memory[name], lens,
-                               args.cycles, not args.no_restart) for name in args.models}
+                               args.cycles, not args.no_restart, args.dtype) for name in args.models}
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kv_tokens": args.kv_tokens,
-              "machine": platform.processor() or platform.machine(), "devices": 4, "dtype": "bfloat16",
+              "machine": platform.processor() or platform.machine(), "devices": 4, "dtype": args.dtype,
               "wall_s": time.perf_counter() - t0, "models": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

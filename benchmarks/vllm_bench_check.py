@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.engine_throughput import export_hf_dir  # noqa: E402
 from benchmarks.peers import vllm_cpu  # noqa: E402
 from benchmarks.policies import serve, stop_on_sigterm  # noqa: E402
+from gyges.cluster.config import usable_cores  # noqa: E402
 from gyges.kernels.build import default_cpu_dtype  # noqa: E402
 from gyges.bench.report import write_replay  # noqa: E402
 from gyges.bench.runner import BenchConfig, run_benchmark  # noqa: E402
@@ -105,7 +106,7 @@ def main():
     model = export_hf_dir()
     work = Path(tempfile.mkdtemp(prefix="gyges-vllm-check-"))
     replay = work / "requests.jsonl"
-    threads = max(1, (os.cpu_count() or 1) // args.devices)
+    threads = max(1, usable_cores() // args.devices)
     flags = ["--devices", str(args.devices), "--device-memory", args.device_memory, "--policy", args.policy,
              "--dtype", args.dtype, "--threads-per-device", str(threads), "--served-model-name", "model"]
     runs = {"gyges": [], "vllm": []}

@@ -15,6 +15,11 @@ def parse_bytes(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: taskset and cgroup cpusets count, the host's total does not."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def is_power_of_two(x: int) -> bool:
     return x >= 1 and not x & (x - 1)
 
@@ -75,4 +80,4 @@ class ClusterConfig:
             [self.tp] * (self.devices // self.tp)
         self.memory_bytes = parse_bytes(self.device_memory)
         if self.threads_per_device is None:
-            self.threads_per_device = max(1, (os.cpu_count() or 1) // self.devices)
+            self.threads_per_device = max(1, usable_cores() // self.devices)

@@ -173,9 +173,10 @@ BF16_TOLERANCE = 2e-2  # as against fp32 transformers in tests/model/test_llama.
 @pytest.mark.parametrize("kernels", [False, pytest.param(True, marks=pytest.mark.skipif(
     library() is None, reason=f"C kernels unavailable here: {unavailable_reason()}"))], ids=["pytorch", "kernels"])
 def test_bf16_4xtp1_to_tp2_to_tp4_and_back_with_packed_weights(tmp_path, kernels):
-    """bf16, where packing and the C kernels apply (head_dim 32, rows multiples of 16): packed slabs
-    move between devices as raw pages and every request still matches fp32 transformers."""
-    path = make_tiny_model(tmp_path, "llama", heads=4, kv_heads=4, hidden_size=128, intermediate_size=352,
+    """bf16, where packing and the C kernels apply (head_dim 32, 96 MLP rows per shard at max_tp 4:
+    whole 16-row tiles): packed slabs move between devices as raw pages and every request still
+    matches fp32 transformers."""
+    path = make_tiny_model(tmp_path, "llama", heads=4, kv_heads=4, hidden_size=128, intermediate_size=384,
                            num_hidden_layers=2)
     prompts = [[(i * 13 + j * 7) % 500 + 3 for j in range(5 + i * 9)] for i in range(8)]
     cfg = ClusterConfig(model=str(path), devices=4, tp=1, max_tp=4, dtype="bfloat16", device_memory="32MiB",
