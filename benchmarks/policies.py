@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.engine_throughput import export_hf_dir  # noqa: E402
+from benchmarks.engine_throughput import export_hf_dir, smollm2_sized_unpadded  # noqa: E402
 from gyges.bench.metrics import RequestRecord  # noqa: E402
 from gyges.bench.runner import BenchConfig, BenchResult, run_benchmark  # noqa: E402
 from gyges.bench.slo import Baseline, fit_baseline  # noqa: E402
@@ -49,6 +49,10 @@ from gyges.model.loader import load_config  # noqa: E402
 # (80 GB - 65.5 GB of Qwen2.5-32B bf16 weights - activations) / 256 KiB of KV per token (64 layers,
 # 8 KV heads of 128): the KV tokens one H100 holds at TP1
 REAL_KV_TOKENS = 46_000
+UNPADDED = "smollm2-sized-unpadded"
+# defaults of the full run and of --quick, which must finish in about 20 minutes on 2 cores
+FULL = {"requests": 100, "mean_tokens": 256.0, "baseline_requests": 16, "min_dwell": 10.0}
+QUICK = {"requests": 40, "mean_tokens": 64.0, "baseline_requests": 8, "min_dwell": 2.0}
 SLO = {"ttft": 5.0, "tpot": 5.0}
 ATTAIN = 0.90
 RESULTS = ROOT / "results"
@@ -511,35 +515,41 @@ def table(key: str, out: dict) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 devices only")
+    ap.add_argument("--quick", action="store_true", help=f"2 devices, and unless given: {QUICK}")
     ap.add_argument("--devices", type=int, nargs="+", default=None, help="default: 2 (--quick) or 2 4")
     ap.add_argument("--traces", nargs="+", default=["mooncake-conversation", "azure-code"])
-    ap.add_argument("--requests", type=int, default=100, help="the slice: the trace's first N requests")
-    ap.add_argument("--mean-tokens", type=float, default=256.0,
+    ap.add_argument("--requests", type=int, default=None, help="the slice: the trace's first N requests")
+    ap.add_argument("--mean-tokens", type=float, default=None,
                     help="mean prompt + output tokens of a scaled request (sets --length-scale)")
-    ap.add_argument("--model", default=None, help="HF directory (default: the embedded SmolLM2, exported once)")
+    ap.add_argument("--model", default=None,
+                    help=f"HF directory, or {UNPADDED!r} (SmolLM2's size with 8/4 heads, random weights: no head "
+                         "padding, like the 8-KV-head models it stands in for); default: the embedded SmolLM2")
     ap.add_argument("--dtype", default=default_cpu_dtype(), choices=sorted(DTYPE_BYTES),
                     help="default: bfloat16 on CPUs with AVX512-BF16, else float32")
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--threads-per-device", type=int, default=None,
                     help="default: the cores over the devices, at least 1")
-    ap.add_argument("--baseline-requests", type=int, default=16, help="unloaded requests per TP degree")
+    ap.add_argument("--baseline-requests", type=int, default=None, help="unloaded requests per TP degree")
     ap.add_argument("--repeats", type=int, default=3, help="runs per side of the ceiling")
     ap.add_argument("--start-rate", type=float, default=None, help="first rate of each sweep (default: from "
                     "the unloaded baseline, half the devices' rate without batching)")
     ap.add_argument("--factor", type=float, default=2.0, help="rate step of the sweep before it bisects")
     ap.add_argument("--max-runs", type=int, default=5, help="rates tried per policy")
     ap.add_argument("--policies", nargs="+", default=None, help="only these, e.g. gyges static-2 (default: all)")
-    ap.add_argument("--min-dwell", type=float, default=10.0, help="Gyges' minimum dwell before a split (s); the "
+    ap.add_argument("--min-dwell", type=float, default=None, help="Gyges' minimum dwell before a split (s); the "
                     "server's default suits a trace at its own pace, not one compressed to a few tens of seconds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--start-timeout", type=float, default=600.0)
     ap.add_argument("--out", default=str(RESULTS / "policies.json"))
     args = ap.parse_args()
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     stop_on_sigterm()
     devices = args.devices or ([2] if args.quick else [2, 4])
     t_all = time.perf_counter()
-    model = Path(args.model) if args.model else export_hf_dir()
+    model = (smollm2_sized_unpadded(export_hf_dir()) if args.model == UNPADDED
+             else Path(args.model) if args.model else export_hf_dir())
     RESULTS.mkdir(exist_ok=True)
     results = {}
     for k in devices:
@@ -551,6 +561,7 @@ def main():
             out, runs = compare(s)
             out["phases_s"] = s.phases | {"total": time.perf_counter() - t0}
             out["threads_per_device"] = s.threads
+            out["model"], out["dtype"] = model.name, args.dtype
             out["load_avg_1min"] = os.getloadavg()[0]  # at the end: other work on the machine skews every rate
             results[s.key] = out
             plot(s.key, out, runs, s.capacity[1])

@@ -86,7 +86,8 @@ def main():
     ap.add_argument("--trace", default="mooncake-conversation")
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--length-scale", type=float, default=0.02)
-    ap.add_argument("--rate", type=float, default=1.0, help="req/s, well below what the server sustains")
+    ap.add_argument("--rate", type=float, default=0.5, help="req/s, well below what the server sustains "
+                    "(2 x TP1 SmolLM2 in fp32 on 2 cores: median TTFT 0.74 s at 0.5)")
     ap.add_argument("--pairs", type=int, default=2, help="gyges + vLLM runs, alternating")
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--device-memory", default="1GiB")
