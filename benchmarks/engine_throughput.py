@@ -114,24 +114,30 @@ def transformers_tok_s(model: Path, batch_sizes, new_tokens, prompt_tokens) -> d
     return out
 
 
-def random_llama(name: str, tokenizer_dir: Path, **config) -> Path:
-    """A random bf16 Llama of `config` with the tokenizer in `tokenizer_dir`, made once under WORK/name."""
+def random_model(name: str, tokenizer_dir: Path, config) -> Path:
+    """A model of `config` (a transformers config) with random bf16 weights and the tokenizer in
+    `tokenizer_dir`, made once under WORK/name. Throughput depends on shapes, not values."""
     path = WORK / name
     if (path / "model.safetensors").exists():
         return path
     import transformers
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).to(torch.bfloat16).save_pretrained(path)
+    transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(path)
     transformers.AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
     return path
+
+
+def _llama(**config):
+    import transformers
+    return transformers.LlamaConfig(**config)
 
 
 def unpadded_llama(tokenizer_dir: Path) -> Path:
     """A random 4-layer Llama with 16 query / 8 KV heads of 64 (no padding at any TP up to 8) and
     SmolLM2's tokenizer: the layout tax without padded heads."""
-    return random_llama(LLAMA_DIR.name, tokenizer_dir, vocab_size=49152, hidden_size=1024, intermediate_size=2816,
-                        num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=8,
-                        max_position_embeddings=4096, tie_word_embeddings=False)
+    return random_model(LLAMA_DIR.name, tokenizer_dir, _llama(
+        vocab_size=49152, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
+        num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=False))
 
 
 def smollm2_sized_unpadded(tokenizer_dir: Path) -> Path:
@@ -139,25 +145,17 @@ def smollm2_sized_unpadded(tokenizer_dir: Path) -> Path:
     120M parameters), random weights: it needs no head padding up to TP4, so a transformable TP1
     holds as much KV as a plain one, as for the 8-KV-head models the policies benchmark stands in
     for (SmolLM2's 3 KV heads pad to 4 and cost a TP1 a third more KV bytes a token)."""
-    return random_llama("smollm2-sized-unpadded-random", tokenizer_dir, vocab_size=49152, hidden_size=512,
-                        intermediate_size=1536, num_hidden_layers=30, num_attention_heads=8, num_key_value_heads=4,
-                        max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=100000.0,
-                        bos_token_id=1, eos_token_id=2)
+    return random_model("smollm2-sized-unpadded-random", tokenizer_dir, _llama(
+        vocab_size=49152, hidden_size=512, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=8,
+        num_key_value_heads=4, max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=100000.0,
+        bos_token_id=1, eos_token_id=2))
 
 
 def random_weights_like(meta: Path) -> Path:
-    """A model of the config and tokenizer in `meta` (no weights there) with random bf16 weights, made
-    once. Throughput depends on shapes, not values: this stands in for SmolLM2 where its 94 MB GGUF
-    is not at hand (a device machine gets only the working tree)."""
-    out = WORK / f"{meta.name}-random"
-    if (out / "model.safetensors").exists():
-        return out
+    """The config and tokenizer in `meta` (a folder without weights) with random weights: SmolLM2's
+    shapes where its 94 MB GGUF is not at hand (a device machine gets only the working tree)."""
     import transformers
-    cfg = transformers.AutoConfig.from_pretrained(meta)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16).save_pretrained(out)
-    transformers.AutoTokenizer.from_pretrained(meta).save_pretrained(out)
-    return out
+    return random_model(f"{meta.name}-random", meta, transformers.AutoConfig.from_pretrained(meta))
 
 
 class OneInstance:
@@ -328,7 +326,8 @@ def main():
                                  else ROOT / "results" / "engine_throughput.json"))
     t0 = time.perf_counter()
     if args.smollm2_meta:
-        smollm2, smollm2_name, tokenizer_dir = random_weights_like(args.smollm2_meta), "smollm2-135m-random-weights", args.smollm2_meta
+        smollm2, tokenizer_dir = random_weights_like(args.smollm2_meta), args.smollm2_meta
+        smollm2_name = "smollm2-135m-random-weights"
     else:
         smollm2 = tokenizer_dir = export_hf_dir()
         smollm2_name = "smollm2-135m"

@@ -13,9 +13,9 @@ from gyges.bench.traces import load_trace
 from gyges.bench.workload import scale_trace, spread_ties, time_scale_for_rate
 from gyges.policy.policy import GygesPolicy, StaticPolicy
 from gyges.sim import layouts
+from gyges.sim.bound import rate_bound
 from gyges.sim.peers import peers
 from gyges.sim.profiles import GPUS, MODELS, gpu, model
-from gyges.sim.bound import rate_bound
 from gyges.sim.run import GiveUp, Setup, SimResult, simulate, unloaded
 from gyges.sim.sweep import max_rate
 
@@ -73,8 +73,8 @@ def give_up(n: int, slo: dict[str, float], ref: Callable[[int, int], tuple[float
 def bound_of(setup: Setup, trace, results: dict[str, dict]) -> dict:
     """The rate no layout can exceed on this trace (`rate_bound`), printed beside the best static
     layout that served every request: the most any policy could gain over it."""
-    b = rate_bound(setup.cost(), setup.kv_capacities(), [(r.input_len, r.output_len) for r in trace], setup.gpus, setup.max_num_seqs,
-                   setup.max_batched_tokens)
+    b = rate_bound(setup.cost(), setup.kv_capacities(), [(r.input_len, r.output_len) for r in trace], setup.gpus,
+                   setup.max_num_seqs, setup.max_batched_tokens)
     statics = {n: r["max_rate_at_slo"] for n, r in results.items() if n.startswith("static") and r.get("rejected") == 0}
     best = max(statics, key=statics.get, default=None)
     out = {"per_device_tok_s": b.per_device_tok_s, "best_tp": b.best_tp, "max_rate": b.max_rate,

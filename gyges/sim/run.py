@@ -20,7 +20,6 @@ from gyges.sim.layouts import aligned
 from gyges.sim.stretch import decode_stretch
 
 
-
 @dataclass(frozen=True)
 class Setup:
     """The simulated cluster. Engine limits are vLLM's GPU defaults (256 sequences, 8,192 batched
