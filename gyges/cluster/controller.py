@@ -429,7 +429,7 @@ class Controller:
         pending = None
         if self.pending is not None:
             pending = ps.PendingTransform(self.pending.transition.kind, tuple(self.pending.transition.devices),
-                                          self.pending.started)
+                                          self.pending.started, self.pending.switching)
         n = sum(self.sizes)
         caps = {t: self.capacity_tokens(t) for t in (1 << k for k in range(self.cfg.max_tp.bit_length()))}
         return ps.Snapshot(self.backend.now(), n, self.cfg.max_tp, min(self.cfg.host_devices, n), caps, insts,

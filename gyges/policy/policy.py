@@ -10,7 +10,7 @@ from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel
 from gyges.policy.load import freeness, room
 from gyges.policy.reshape import (Group, best_split, blocked_groups, degrees, free_after_merge, merge_for,
-                                  pressure_merge, price_merge, wait_for_room)
+                                  pressure_merge, price_merge, ride_along, wait_for_room)
 from gyges.policy.snapshot import (Action, Arrival, Event, Hold, InstanceView, Merge, Reject, RequestView, Route,
                                    Snapshot, Split)
 
@@ -101,12 +101,16 @@ class GygesPolicy(StaticPolicy):
         return snap.kv_capacity_by_tp[tp], f"the largest instance this cluster can form (TP{tp})"
 
     def _place(self, plan: _Plan, r: RequestView) -> list[Action]:
-        """Among instances that can hold it, those with room for it now come first; when none has room,
-        a second instance of the needed degree may be merged rather than queueing it (`_queue_or_merge`)."""
+        """Among instances that can hold it, those with room for it now come first, then those of a merge
+        in pre-copy that it can ride along with (`ride_along`); when none has room, a second instance of
+        the needed degree may be merged rather than queueing it (`_queue_or_merge`)."""
         holders = [i for i in plan.instances if not i.transforming and i.kv_capacity_tokens >= r.need_tokens]
         roomy = tuple(i for i in holders if room(i) >= r.need_tokens)
         if roomy:
             return [plan.route(r, route_target(roomy, r.need_tokens))]
+        rider = ride_along(plan.snap, plan.instances, r, self.config.switch_tokens)
+        if rider is not None:
+            return [plan.route(r, rider)]
         return (self._queue_or_merge(plan, r, holders) if holders else None) or super()._place(plan, r)
 
     def _queue_or_merge(self, plan: _Plan, r: RequestView, holders: list[InstanceView]) -> list[Action] | None:

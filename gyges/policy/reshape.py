@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel, TransformCost
-from gyges.policy.load import promised, remaining_work, requests_of, room, serving_load, utilization
+from gyges.policy.load import freeness, promised, remaining_work, requests_of, room, serving_load, utilization
 from gyges.policy.snapshot import InstanceView, RequestView, Snapshot
 
 
@@ -94,6 +94,32 @@ def wait_for_room(cost: CostModel, inst: InstanceView, need: int, max_batch: int
         if freed >= short:
             return cost.decode_time(inst.tp, batch, r.need_tokens - r.computed_tokens)
     return math.inf  # its requests' needs do not add up to what it lacks: nothing known will free it
+
+
+def ride_along(snap: Snapshot, instances: tuple[InstanceView, ...], request: RequestView,
+               margin: int) -> InstanceView | None:
+    """An instance of the merge in pre-copy that can take `request` now, so that it starts at once and
+    moves with the others at the switch instead of waiting out the merge (with two devices, every
+    arrival would). Only where the merge still goes through afterwards: the merged instance holds
+    everything promised on its members plus the requests held for it, and at the switch no device
+    runs out of pages. A device receives its share of the other members' KV before it frees what it
+    sends away, so member m needs k * promised(m) + promised(others) <= the merged capacity.
+    `margin`: KV tokens added to each request for its partly filled last block."""
+    p = snap.pending
+    if p is None or p.kind != "merge" or p.switching:
+        return None
+    members = tuple(i for i in instances if set(i.devices) <= set(p.devices))
+    cap = snap.kv_capacity_by_tp[len(p.devices)]
+    held = sum(h.need_tokens + margin for h in snap.held if h.id != request.id)
+
+    def holds(target: InstanceView) -> bool:
+        load = [promised(m) + margin * len(requests_of(m))
+                + (request.need_tokens + margin if m is target else 0) for m in members]
+        total = sum(load)
+        return total + held <= cap and all(total + (len(members) - 1) * x <= cap for x in load)
+
+    fits = [m for m in members if room(m) >= request.need_tokens + margin and holds(m)]
+    return max(fits, key=lambda i: (freeness(i), -i.id), default=None)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ class InstanceView:
     running: tuple[RequestView, ...] = ()
     waiting: tuple[RequestView, ...] = ()
     formed_at: float = 0.0        # when it took its present devices (for the split dwell time)
-    transforming: bool = False    # part of the pending transformation: takes no new requests
+    transforming: bool = False    # part of the pending transformation: takes only requests that
+                                  # ride along with a merge's pre-copy (reshape.ride_along)
 
     @property
     def tp(self) -> int:
@@ -37,6 +38,7 @@ class PendingTransform:
     kind: str                          # "merge" | "split"
     devices: tuple[int, ...]           # every device taking part
     started: float
+    switching: bool = False            # past the pre-copy: its instances no longer step
 
 
 @dataclass(frozen=True)

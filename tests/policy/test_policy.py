@@ -217,11 +217,63 @@ def test_requests_for_a_merging_group_are_held():
     assert not any(isinstance(a, (Merge, Split)) for a in actions)
 
 
-def test_transforming_instances_get_nothing_even_when_others_are_full():
+def test_instances_of_a_switching_merge_get_nothing_even_when_others_are_full():
     full = [req(i, 30000, 30000) for i in range(2)]
+    switching = PendingTransform("merge", (0, 1), started=0.0, switching=True)
     s = snap(inst(0, transforming=True), inst(1, transforming=True), inst(2, running=full), inst(3, running=full),
-             pending=PENDING)
+             pending=switching)
     assert POLICY.decide(s, Arrival(req(9, 1000)))[0].instance in (2, 3)
+
+
+# riding along with a merge in pre-copy
+
+def merging_pair(load0=(), load1=()) -> list[InstanceView]:
+    return [inst(0, running=load0, transforming=True), inst(1, running=load1, transforming=True)]
+
+
+def test_an_arrival_rides_along_with_a_merge_in_precopy_when_nothing_else_has_room():
+    full = [req(i, CAP[1] // 2, CAP[1] // 2) for i in range(2)]
+    s = snap(*merging_pair((req(1, 20000, 20000),)), inst(2, running=full), inst(3, running=full), pending=PENDING,
+             held=(req(5, LONG),))
+    actions = POLICY.decide(s, Arrival(req(9, 1000)))
+    assert actions == [Hold(5, actions[0].reason), Route(9, 1)]  # the idler member, then it moves with it
+
+
+def test_instances_with_room_outside_the_merge_come_first():
+    s = snap(*merging_pair(), inst(2), inst(3), pending=PENDING)
+    assert POLICY.decide(s, Arrival(req(9, 1000)))[0].instance in (2, 3)
+
+
+def test_no_ride_along_that_would_leave_the_merged_instance_short():
+    # members nearly full: the held long request plus a newcomer would not fit the merged instance
+    half = CAP[1] // 2
+    load = (req(1, half, half),)
+    s = snap(*merging_pair(load, load), time=1.0, held=(req(5, CAP[2] - 2 * half - 500),), pending=PENDING)
+    actions = POLICY.decide(s, Arrival(req(9, 1000)))
+    assert [type(a) for a in actions] == [Hold, Hold]
+    # without that held request it rides along
+    s = snap(*merging_pair(load, load), time=1.0, pending=PENDING)
+    assert isinstance(POLICY.decide(s, Arrival(req(9, 1000)))[0], Route)
+
+
+def test_no_ride_along_that_a_device_could_not_receive_at_the_switch():
+    # KV-dominated devices (a merge frees little weight memory): member 0 nearly full, member 1 empty.
+    # Member 0's device keeps all it has while it takes half of member 1's KV, so member 1 may be
+    # promised only what 2 * promised(0) + promised(1) <= the TP2 capacity leaves
+    caps = {1: 10000, 2: 20400, 4: 41600}
+    m0 = InstanceView(0, (0,), caps[1], 1000, (req(1, 9000, 9000),), transforming=True)
+    m1 = InstanceView(1, (1,), caps[1], caps[1], transforming=True)
+    s = Snapshot(1.0, 2, 2, 2, caps, (m0, m1), (), PENDING)
+    limit = caps[2] - 2 * (9000 + 16) - 16  # 2352, well within member 1's room
+    assert POLICY.decide(s, Arrival(req(9, limit)))[0] == Route(9, 1)
+    assert isinstance(POLICY.decide(s, Arrival(req(9, limit + 1)))[0], Hold)
+
+
+def test_no_ride_along_with_a_split():
+    split = PendingTransform("split", (0, 1), started=0.0)
+    s = snap(inst(0, 2, transforming=True), inst(2, running=[req(1, CAP[1], CAP[1])]),
+             inst(3, running=[req(2, CAP[1], CAP[1])]), pending=split)
+    assert all(not isinstance(a, Route) or a.instance != 0 for a in POLICY.decide(s, Arrival(req(9, 1000))))
 
 
 def test_two_requests_that_need_merges_start_one():

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from gyges.cluster.cluster import Cluster, Output
 from gyges.cluster.config import ClusterConfig
+from gyges.cluster.engine import ServeConfig, make_policy
 from gyges.engine.sequence import SamplingParams
 from gyges.kernels.build import library, unavailable_reason
 from gyges.memory.layout import device_layout
@@ -129,6 +130,33 @@ def test_precopy_moves_full_blocks_while_decoding_and_the_switch_moves_the_rest(
             c.step()
         outs = outputs(c, seqs)
     assert all(len(o.token_ids) == 30 for o in outs)
+    check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
+
+
+def test_requests_that_arrive_during_a_merge_precopy_ride_along_and_complete_correctly(tiny_llama):
+    """With two devices merging, every arrival would wait for the merge; the policy routes it to an
+    instance still decoding through the pre-copy instead, and its KV, never pre-copied, moves at the switch."""
+    cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=1, max_tp=2, dtype="float32", device_memory="32MiB",
+                        block_tokens=4, max_batched_tokens=64)
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    with Cluster(cfg, record_logits=True) as c:
+        c.controller.policy = make_policy(ServeConfig(), c)
+        seqs = [c.add_request(p, params) for p in TINY_PROMPTS]
+        for _ in range(3):
+            c.step()
+        c.merge([0, 1], precopy=True)
+        riders = [c.add_request([(i * 17 + j * 5) % 500 + 3 for j in range(11 + 6 * i)], params) for i in range(2)]
+        assert not c.controller.held  # routed to the merging instances, not held for the merge
+        c.step()
+        assert c.transition is not None and all(s.num_computed > 0 for s in riders)  # prefilled before the switch
+        while c.transition is not None:
+            c.step()
+        assert [i.tp for i in c.instances] == [2]
+        assert c.reports[-1].kv_units_moved > 0
+        while c.has_work:
+            c.step()
+        outs = outputs(c, seqs + riders)
+    assert all(len(o.token_ids) == 24 for o in outs)
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
 
 
