@@ -206,6 +206,7 @@ def serve_setup(s: Setup, policy: str, layout: tuple[int, ...] | None = None, ma
              str(s.device_memory), "--dtype", s.args.dtype, "--block-size", str(s.args.block_size),
              "--threads-per-device", str(s.threads), "--served-model-name", s.name, "--policy", policy]
     flags += ["--enable-operator-endpoints", "--min-dwell", str(s.args.min_dwell)] if policy == "gyges" else []
+    flags += ["--cost-profile", s.args.cost_profile] if policy == "gyges" and s.args.cost_profile else []
     with serve(s.model, flags + (["--static-layout", ",".join(map(str, layout))] if layout else []),
                s.args.start_timeout) as url:
         s.phases["of which server starts"] = s.phases.get("of which server starts", 0.0) + time.perf_counter() - t0
@@ -538,6 +539,8 @@ def main():
     ap.add_argument("--policies", nargs="+", default=None, help="only these, e.g. gyges static-2 (default: all)")
     ap.add_argument("--min-dwell", type=float, default=None, help="Gyges' minimum dwell before a split (s); the "
                     "server's default suits a trace at its own pace, not one compressed to a few tens of seconds")
+    ap.add_argument("--cost-profile", default=None, help="the hardware profile Gyges' policy prices reshapes with "
+                    "(gyges serve --cost-profile; default: gyges/data/cpu_profile.json)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--start-timeout", type=float, default=600.0)
     ap.add_argument("--out", default=str(RESULTS / "policies.json"))

@@ -226,7 +226,7 @@ def best_split(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, .
     """A split of a merged instance that has served its dwell time, whose running requests all fit the
     parts (and each queued one fits a part alone: it queues there), that keeps the balance (a long
     request left alone at 90% of a part, beside instances half full, keeps it merged: the next long
-    arrival would merge it again), and whose parts serve more."""
+    arrival would merge it again), and whose parts serve more, or that is idle."""
     best = None
     for inst in instances:
         if (inst.tp == 1 or inst.transforming or inst.devices in blocked
@@ -242,6 +242,9 @@ def best_split(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, .
                                  config.split_max_utilization):
                 continue
             r = price_split(cost, snap, inst, parts, config)
-            if r.worth(config) and (best is None or r.net(config.min_dwell_s) > best.net(config.min_dwell_s)):
+            # an idle one goes back to the small instances Gyges keeps by default: priced against requests
+            # of the output estimate, which may not fit a part at all, it would otherwise never split
+            idle = not requests_of(inst)
+            if (idle or r.worth(config)) and (best is None or r.net(config.min_dwell_s) > best.net(config.min_dwell_s)):
                 best = r
     return best

@@ -333,6 +333,15 @@ def test_splits_after_the_dwell_time_when_the_parts_serve_more():
     assert [(a.instance, a.parts) for a in actions] == [(0, 2)]
 
 
+def test_an_idle_merged_instance_splits_after_the_dwell_time_even_if_the_estimate_fits_no_part():
+    """Devices whose TP1 instances hold less than the output estimate (a scaled trace on small devices)
+    priced an idle merged instance against requests no part can hold, so it stayed merged for good."""
+    policy = GygesPolicy(COST, PolicyConfig(output_estimate=CAP[1] + 1))
+    merged = inst(0, 2, formed_at=0.0)
+    assert policy.decide(snap(merged, inst(2), inst(3), time=5.0), Tick()) == []
+    assert [(a.instance, a.parts) for a in policy.decide(snap(merged, inst(2), inst(3), time=10.0), Tick())] == [(0, 2)]
+
+
 def test_a_queue_longer_than_the_parts_hold_does_not_keep_it_merged():
     """Only the running requests must fit the parts; the queued ones queue there. One queued request
     that fits no part keeps it merged."""
