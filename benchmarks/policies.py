@@ -204,7 +204,8 @@ def serve_setup(s: Setup, policy: str, layout: tuple[int, ...] | None = None, ma
     t0 = time.perf_counter()
     flags = ["--devices", str(s.devices), "--max-tp", str(max_tp or s.devices), "--device-memory",
              str(s.device_memory), "--dtype", s.args.dtype, "--block-size", str(s.args.block_size),
-             "--threads-per-device", str(s.threads), "--served-model-name", s.name, "--policy", policy]
+             "--threads-per-device", str(s.threads), "--served-model-name", s.name, "--policy", policy,
+             "--max-num-batched-tokens", str(s.args.max_num_batched_tokens)]
     flags += ["--enable-operator-endpoints", "--min-dwell", str(s.args.min_dwell)] if policy == "gyges" else []
     flags += ["--cost-profile", s.args.cost_profile] if policy == "gyges" and s.args.cost_profile else []
     with serve(s.model, flags + (["--static-layout", ",".join(map(str, layout))] if layout else []),
@@ -539,6 +540,9 @@ def main():
     ap.add_argument("--policies", nargs="+", default=None, help="only these, e.g. gyges static-2 (default: all)")
     ap.add_argument("--min-dwell", type=float, default=None, help="Gyges' minimum dwell before a split (s); the "
                     "server's default suits a trace at its own pace, not one compressed to a few tens of seconds")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=512, help="every server's token budget per "
+                    "step (prompts prefill in chunks of it; a step's length, and so the TPOT of the requests decoding "
+                    "beside a prefill, grows with it)")
     ap.add_argument("--cost-profile", default=None, help="the hardware profile Gyges' policy prices reshapes with "
                     "(gyges serve --cost-profile; default: gyges/data/cpu_profile.json)")
     ap.add_argument("--seed", type=int, default=0)
@@ -564,7 +568,7 @@ def main():
             out, runs = compare(s)
             out["phases_s"] = s.phases | {"total": time.perf_counter() - t0}
             out["threads_per_device"] = s.threads
-            out["model"], out["dtype"] = model.name, args.dtype
+            out["model"], out["dtype"], out["max_num_batched_tokens"] = model.name, args.dtype, args.max_num_batched_tokens
             out["load_avg_1min"] = os.getloadavg()[0]  # at the end: other work on the machine skews every rate
             results[s.key] = out
             plot(s.key, out, runs, s.capacity[1])
