@@ -274,7 +274,8 @@ def throughput(s: Setup, url: str, w: Workload) -> list[float]:
     for _ in range(s.args.repeats):
         r = run(s, url, w).result
         if r.metrics.failed:
-            raise RuntimeError(f"{r.metrics.failed} requests failed in a throughput run")
+            why = next(x.error for x in r.records if not x.success)
+            raise RuntimeError(f"{r.metrics.failed} requests failed in a throughput run, the first with: {why}")
         out.append(r.metrics.total_token_throughput)
     return out
 
@@ -292,6 +293,9 @@ def summary(r: Run, rate: float) -> dict:
             "tpot_p50_s": float(np.median(tpot)), "tpot_p99_s": float(np.percentile(tpot, 99)),
             "completed": m.completed, "rejected": rejected, "failed": len(recs) - m.completed - rejected,
             "transformations": len(r.transformations), "duration_s": m.duration_s, "gave_up": r.result.gave_up,
+            # the layout over the run, so the timeline can be drawn again from the JSON
+            "layout_segments": [[t0, t1, list(d), tp] for t0, t1, d, tp in
+                                layout_segments(r, max((x.finish_s or 0.0) for x in recs))],
             # each request, so a miss can be traced to its cause (held for a merge, queued, slow decode)
             "requests": [{"prompt_len": x.prompt_len, "output_len": x.output_len, "send_s": x.send_s,
                           "first_token_s": x.first_token_s, "finish_s": x.finish_s, "output_tokens": x.output_tokens,
@@ -329,7 +333,10 @@ def implied_bound(ceiling: float, w_merge: float) -> float:
 def compare(s: Setup) -> tuple[dict, dict]:
     """Baseline, ceiling and every policy's sweep for one Setup; returns its JSON and the runs to plot."""
     k, runs = s.devices, {}
-    fits = [i for i in range(len(s.workload.requests)) if s.degree(i) == 1]
+    # the ceiling's requests fit a TP1 of either layout: the plain one's pages are max_tp times larger,
+    # so its KV rounds down further (4 devices: 224 tokens against 240)
+    fits = [i for i, r in enumerate(s.workload.requests)
+            if s.degree(i) == 1 and r.input_len + r.output_len <= s.plain_tp1_capacity]
     degrees = sorted({s.degree(i) for i in range(len(s.workload.requests))}, reverse=True)
     work = [r.input_len + r.output_len for r in s.workload.requests]
     w_merge = sum(n for i, n in enumerate(work) if s.degree(i) > 1) / sum(work)
@@ -415,7 +422,7 @@ def compare(s: Setup) -> tuple[dict, dict]:
     out = {"devices": k, "requests": len(s.workload.requests), "length_scale": s.length_scale,
            "kv_tokens_tp1_real": REAL_KV_TOKENS, "kv_tokens": {str(t): c for t, c in s.capacity.items()},
            "device_memory_bytes": s.device_memory, "clipped": s.workload.clipped,
-           "need_merge": len(work) - len(fits), "work_share_need_merge": w_merge,
+           "need_merge": sum(s.degree(i) > 1 for i in range(len(work))), "work_share_need_merge": w_merge,
            "slo": {**{m: f"{x:g}x" for m, x in SLO.items()}, "attainment": ATTAIN,
                    "baseline": baseline.to_json() | {"requests": len(samples)}},
            "ceiling": ceiling, "bound": bound, "ceiling_transformable": ceiling_own, "bound_transformable": bound_own,
@@ -430,6 +437,20 @@ def token_times(rec: RequestRecord) -> list[float]:
     if not rec.success:
         return []
     return [rec.first_token_s, *(rec.first_token_s + np.cumsum(rec.itl_s)).tolist()]
+
+
+def layout_segments(r: Run, end: float) -> list[tuple[float, float, tuple[int, ...], int | None]]:
+    """What each group of devices was from the run's start to `end` (seconds): (start, stop, devices,
+    TP degree, or None while it transformed). Instances a transformation leaves out serve on through it."""
+    since = {tuple(d): 0.0 for d in r.layout0}
+    out = []
+    for tr in sorted(r.transformations, key=lambda t: t["started"]):
+        t = tr["started"] - r.start_wall
+        done = t + tr["duration_s"]
+        for inst in map(tuple, tr["from"]):
+            out += [(since.pop(inst), t, inst, len(inst)), (t, done, inst, None)]
+        since.update({tuple(inst): done for inst in tr["to"]})
+    return out + [(t0, end, inst, len(inst)) for inst, t0 in since.items()]
 
 
 def plot(key: str, out: dict, runs: dict, capacity_tp1: int):
@@ -464,23 +485,12 @@ def plot(key: str, out: dict, runs: dict, capacity_tp1: int):
     if "gyges" not in names:
         return
     g = runs[("gyges", rate)]
-    layout, t_prev, segments = [list(d) for d in g.layout0], 0.0, []
     end = max((r.finish_s or 0.0) for r in g.result.records)
-    for tr in sorted(g.transformations, key=lambda t: t["started"]):
-        t = tr["started"] - g.start_wall
-        segments += [(t_prev, t, inst) for inst in layout]
-        segments.append((t, t + tr["duration_s"], None))  # the transformation itself
-        layout = [i for i in layout if i not in tr["from"]] + tr["to"]
-        t_prev = t + tr["duration_s"]
-    segments += [(t_prev, end, inst) for inst in layout]
     fig, ax = plt.subplots(figsize=(12, 3.2))
-    colors = {1: "tab:blue", 2: "tab:orange", 4: "tab:green", 8: "tab:red"}
-    for t0, t1, inst in segments:
-        if inst is None:
-            ax.axvspan(t0, t1, color="grey", alpha=0.3, lw=0)
-            continue
-        ax.broken_barh([(t0, t1 - t0)], (min(inst) - 0.4, len(inst) - 0.2), color=colors.get(len(inst), "k"),
-                       alpha=0.7)
+    colors = {1: "tab:blue", 2: "tab:orange", 4: "tab:green", 8: "tab:red", None: "grey"}
+    for t0, t1, inst, tp in layout_segments(g, end):
+        ax.broken_barh([(t0, t1 - t0)], (min(inst) - 0.4, len(inst) - 0.2), color=colors.get(tp, "k"),
+                       alpha=0.7 if tp else 0.4)
     devices = out["devices"]
     long = [r for r in g.result.records if r.prompt_len + r.output_len > capacity_tp1]
     for j, r in enumerate(long):

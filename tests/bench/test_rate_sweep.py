@@ -1,9 +1,9 @@
-"""The policies benchmark's rate ladder (benchmarks/policies.py: next_rate), a pure function."""
+"""The policies benchmark's pure parts (benchmarks/policies.py): the rate ladder and the layout timeline."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.policies import next_rate  # noqa: E402
+from benchmarks.policies import Run, layout_segments, next_rate  # noqa: E402
 
 
 def walk(threshold: float, start=1.0, factor=2.0, max_runs=5) -> list[float]:
@@ -30,3 +30,14 @@ def test_stops_after_max_runs_and_never_repeats_a_rate():
 
 def test_gives_up_descending_after_four_halvings():
     assert walk(threshold=0.0, max_runs=10) == [1.0, 0.5, 0.25, 0.125, 0.0625]
+
+
+def test_layout_timeline_keeps_the_instances_a_merge_leaves_out():
+    """4 devices: 2 and 3 merge from 1.0 s to 1.5 s and split back at 4.0-4.2 s; 0 and 1 serve throughout."""
+    merge = {"started": 101.0, "duration_s": 0.5, "from": [[2], [3]], "to": [[2, 3]]}
+    split = {"started": 104.0, "duration_s": 0.2, "from": [[2, 3]], "to": [[2], [3]]}
+    run = Run(None, 100.0, [[0], [1], [2], [3]], [split, merge])
+    assert sorted(layout_segments(run, 6.0)) == sorted([
+        (0.0, 6.0, (0,), 1), (0.0, 6.0, (1,), 1),
+        (0.0, 1.0, (2,), 1), (1.0, 1.5, (2,), None), (0.0, 1.0, (3,), 1), (1.0, 1.5, (3,), None),
+        (1.5, 4.0, (2, 3), 2), (4.0, 4.2, (2, 3), None), (4.2, 6.0, (2,), 1), (4.2, 6.0, (3,), 1)])
