@@ -9,7 +9,7 @@ from dataclasses import replace
 from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel
 from gyges.policy.load import freeness, room
-from gyges.policy.reshape import (Group, best_split, blocked_groups, degrees, free_after_merge, merge_for,
+from gyges.policy.reshape import (best_split, blocked_groups, degrees, free_after_merge, merge_for, pending_merge,
                                   pressure_merge, price_merge, ride_along, wait_for_room)
 from gyges.policy.snapshot import (Action, Arrival, Event, Hold, InstanceView, Merge, Reject, RequestView, Route,
                                    Snapshot, Split)
@@ -120,14 +120,13 @@ class GygesPolicy(StaticPolicy):
         snap, need = plan.snap, r.need_tokens
         wait = min(wait_for_room(self.cost, i, need, self.config.max_num_seqs) for i in holders)
         if plan.busy:
-            p = snap.pending
-            if p is None or p.kind != "merge":
+            group = pending_merge(snap, plan.instances)
+            if group is None:
                 return None
-            group = Group(p.devices, tuple(i for i in plan.instances if set(i.devices) <= set(p.devices)))
-            left = price_merge(self.cost, snap, group, self.config).cost.time_s - (snap.time - p.started)
+            left = price_merge(self.cost, snap, group, self.config).cost.time_s - (snap.time - snap.pending.started)
             if free_after_merge(snap, group) < need or wait <= left:
                 return None
-            return [Hold(r.id, f"needs {need} KV tokens: waiting for the merge of devices {list(p.devices)}")]
+            return [Hold(r.id, f"needs {need} KV tokens: waiting for the merge of devices {list(group.devices)}")]
         tp = next(t for t in degrees(snap) if snap.kv_capacity_by_tp[t] >= need)
         group = merge_for(snap, plan.instances, need, plan.blocked)
         if group is None or group.tp != tp or free_after_merge(snap, group) < need:

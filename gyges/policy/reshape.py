@@ -96,20 +96,27 @@ def wait_for_room(cost: CostModel, inst: InstanceView, need: int, max_batch: int
     return math.inf  # its requests' needs do not add up to what it lacks: nothing known will free it
 
 
+def pending_merge(snap: Snapshot, instances: tuple[InstanceView, ...]) -> Group | None:
+    """The group of the merge in progress (None when none is)."""
+    p = snap.pending
+    if p is None or p.kind != "merge":
+        return None
+    return Group(p.devices, tuple(i for i in instances if set(i.devices) <= set(p.devices)))
+
+
 def ride_along(snap: Snapshot, instances: tuple[InstanceView, ...], request: RequestView,
                margin: int) -> InstanceView | None:
     """An instance of the merge in pre-copy that can take `request` now, so that it starts at once and
     moves with the others at the switch instead of waiting out the merge (with two devices, every
     arrival would). Only where the merge still goes through afterwards: the merged instance holds
-    everything promised on its members plus the requests held for it, and at the switch no device
-    runs out of pages. A device receives its share of the other members' KV before it frees what it
-    sends away, so member m needs k * promised(m) + promised(others) <= the merged capacity.
-    `margin`: KV tokens added to each request for its partly filled last block."""
-    p = snap.pending
-    if p is None or p.kind != "merge" or p.switching:
+    everything promised on its members plus every held request (those held for it among them), and
+    at the switch no device runs out of pages. A device receives its share of the other members' KV
+    before it frees what it sends away, so member m needs k * promised(m) + promised(others) <= the
+    merged capacity. `margin`: KV tokens added to each request for its partly filled last block."""
+    group = pending_merge(snap, instances)
+    if group is None or snap.pending.switching:
         return None
-    members = tuple(i for i in instances if set(i.devices) <= set(p.devices))
-    cap = snap.kv_capacity_by_tp[len(p.devices)]
+    members, cap = group.members, snap.kv_capacity_by_tp[group.tp]
     held = sum(h.need_tokens + margin for h in snap.held if h.id != request.id)
 
     def holds(target: InstanceView) -> bool:
@@ -232,6 +239,9 @@ def best_split(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, .
         if (inst.tp == 1 or inst.transforming or inst.devices in blocked
                 or snap.time - inst.formed_at < config.min_dwell_s):
             continue
+        # an idle one goes back to the small instances Gyges keeps by default: priced against requests
+        # of the output estimate, which may not fit a part at all, it would otherwise never split
+        idle = not requests_of(inst)
         others = [utilization(i) for i in instances if i is not inst and not i.transforming]
         for t in (t for t in degrees(snap) if t < inst.tp):
             parts, cap = inst.tp // t, snap.kv_capacity_by_tp[t]
@@ -242,9 +252,6 @@ def best_split(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, .
                                  config.split_max_utilization):
                 continue
             r = price_split(cost, snap, inst, parts, config)
-            # an idle one goes back to the small instances Gyges keeps by default: priced against requests
-            # of the output estimate, which may not fit a part at all, it would otherwise never split
-            idle = not requests_of(inst)
             if (idle or r.worth(config)) and (best is None or r.net(config.min_dwell_s) > best.net(config.min_dwell_s)):
                 best = r
     return best
