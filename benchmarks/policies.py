@@ -55,6 +55,7 @@ FULL = {"requests": 100, "mean_tokens": 256.0, "baseline_requests": 16, "min_dwe
 QUICK = {"requests": 40, "mean_tokens": 64.0, "baseline_requests": 8, "min_dwell": 2.0}
 SLO = {"ttft": 5.0, "tpot": 5.0}
 ATTAIN = 0.90
+TARGET_SHARE = 0.8  # --target-tpot-ms slo: this share of the tightest TPOT limit
 RESULTS = ROOT / "results"
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
@@ -74,6 +75,7 @@ class Setup:
     args: argparse.Namespace
     phases: dict[str, float] = field(default_factory=dict)
     plain_tp1_capacity: int = 0  # KV tokens of a TP1 instance laid out for TP1 alone (the ceiling's) at this memory
+    target_tpot_ms: float = 0.0  # every sweep server's --target-tpot-ms (set from the unloaded baseline)
 
     @property
     def threads(self) -> int:
@@ -205,7 +207,9 @@ def serve_setup(s: Setup, policy: str, layout: tuple[int, ...] | None = None, ma
     flags = ["--devices", str(s.devices), "--max-tp", str(max_tp or s.devices), "--device-memory",
              str(s.device_memory), "--dtype", s.args.dtype, "--block-size", str(s.args.block_size),
              "--threads-per-device", str(s.threads), "--served-model-name", s.name, "--policy", policy,
-             "--max-num-batched-tokens", str(s.args.max_num_batched_tokens)]
+             "--max-num-batched-tokens", str(s.args.max_num_batched_tokens),
+             "--long-prefill-token-threshold", str(s.args.long_prefill_token_threshold),
+             "--target-tpot-ms", f"{s.target_tpot_ms:g}"]
     flags += ["--enable-operator-endpoints", "--min-dwell", str(s.args.min_dwell)] if policy == "gyges" else []
     flags += ["--cost-profile", s.args.cost_profile] if policy == "gyges" and s.args.cost_profile else []
     with serve(s.model, flags + (["--static-layout", ",".join(map(str, layout))] if layout else []),
@@ -324,6 +328,13 @@ def next_rate(met: dict[float, bool], start: float, factor: float, max_runs: int
     return None if mid in met else mid
 
 
+def tpot_target_ms(flag: str, baseline: Baseline) -> float:
+    """The servers' --target-tpot-ms: a number as given, or `slo`: TARGET_SHARE of the SLO's tightest
+    TPOT limit (the shortest prompt's), so a step predicted on target still meets the limit when it
+    runs somewhat long."""
+    return SLO["tpot"] * baseline.tpot(0) * 1e3 * TARGET_SHARE if flag == "slo" else float(flag)
+
+
 def implied_bound(ceiling: float, w_merge: float) -> float:
     """Gyges' gain over the merged layout if the share 1 - w_merge of the work runs `ceiling` times
     faster and the rest as fast."""
@@ -386,21 +397,21 @@ def compare(s: Setup) -> tuple[dict, dict]:
     # over k devices also takes KV pages, which a tight memory feels (SmolLM2: 3 KV heads pad to 4)
     ceiling_own = float(np.median(own) / np.median(tpk))
     bound_own = implied_bound(ceiling_own, w_merge)
+    t0 = time.perf_counter()
+    for t in degrees:  # each degree's unloaded requests on its own all-TPt static server
+        with serve_setup(s, "static", (t,) * (k // t)) as url:
+            samples += unloaded(s, url, t)
+    if all(tpot is None for _, _, tpot, _ in samples):
+        raise ValueError(f"{s.key}: every request of the slice has one output token at length scale "
+                         f"{s.length_scale:.4f}, so there is no TPOT to fit; raise --mean-tokens or --requests")
+    baseline = fit_baseline(*map(list, list(zip(*samples))[:3]))
+    s.target_tpot_ms = tpot_target_ms(s.args.target_tpot_ms, baseline)
+    phase("unloaded baseline", t0)
     # every policy's server up at once, so that their sweeps interleave: round by round, each policy
     # runs its next rate, and a slow spell of this shared machine falls on all of them alike
     with ExitStack() as stack:
         t0 = time.perf_counter()
         urls.update({name: stack.enter_context(serve_setup(s, policy, lay)) for name, (policy, lay) in policies.items()})
-        for t in degrees:  # each degree's unloaded requests on its own all-TPt static server
-            url = urls.get("static-" + ",".join([str(t)] * (k // t))) or stack.enter_context(
-                serve_setup(s, "static", (t,) * (k // t)))
-            samples += unloaded(s, url, t)
-        if all(tpot is None for _, _, tpot, _ in samples):
-            raise ValueError(f"{s.key}: every request of the slice has one output token at length scale "
-                             f"{s.length_scale:.4f}, so there is no TPOT to fit; raise --mean-tokens or --requests")
-        baseline = fit_baseline(*map(list, list(zip(*samples))[:3]))
-        phase("unloaded baseline", t0)
-        t0 = time.perf_counter()
         # half the rate the devices serve with no batching at all (measured unloaded latencies)
         start = s.args.start_rate or 0.5 * k / float(np.mean([e2el for *_, e2el in samples]))
         tried: dict[str, list[dict]] = {name: [] for name in policies}
@@ -553,6 +564,11 @@ def main():
     ap.add_argument("--max-num-batched-tokens", type=int, default=512, help="every server's token budget per "
                     "step (prompts prefill in chunks of it; a step's length, and so the TPOT of the requests decoding "
                     "beside a prefill, grows with it)")
+    ap.add_argument("--long-prefill-token-threshold", type=int, default=0, help="every server's most tokens of "
+                    "one prompt in a step (gyges serve's flag; 0: the whole budget)")
+    ap.add_argument("--target-tpot-ms", default="0", help="every sweep server's --target-tpot-ms: a number "
+                    f"(0, the default: off), or 'slo': {TARGET_SHARE} of the SLO's tightest TPOT limit, from the "
+                    "unloaded baseline")
     ap.add_argument("--cost-profile", default=None, help="the hardware profile Gyges' policy prices reshapes with "
                     "(gyges serve --cost-profile; default: gyges/data/cpu_profile.json)")
     ap.add_argument("--seed", type=int, default=0)
@@ -579,6 +595,8 @@ def main():
             out["phases_s"] = s.phases | {"total": time.perf_counter() - t0}
             out["threads_per_device"] = s.threads
             out["model"], out["dtype"], out["max_num_batched_tokens"] = model.name, args.dtype, args.max_num_batched_tokens
+            out["long_prefill_token_threshold"] = args.long_prefill_token_threshold
+            out["target_tpot_ms"] = s.target_tpot_ms
             out["load_avg_1min"] = os.getloadavg()[0]  # at the end: other work on the machine skews every rate
             results[s.key] = out
             plot(s.key, out, runs, s.capacity[1])

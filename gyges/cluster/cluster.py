@@ -78,6 +78,7 @@ class Cluster:
         backend = self._start_workers(cfg.sizes)
         log_fallbacks(self.worker_info)
         ccfg = ControllerConfig(cfg.max_tp, cfg.block_tokens, cfg.max_num_seqs, cfg.max_batched_tokens,
+                                long_prefill_tokens=cfg.long_prefill_tokens, tpot_target_s=cfg.target_tpot_ms / 1e3,
                                 record_logits=record_logits)
         self.controller = Controller(backend, self.layout, ccfg, policy or StaticPolicy(), self.eos_ids, cfg.sizes,
                                      self._on_output, self._restart, self._stop_string_hit)

@@ -54,6 +54,8 @@ class ClusterConfig:
     block_tokens: int = 16
     max_num_seqs: int = 64
     max_batched_tokens: int = 512
+    long_prefill_tokens: int = 0  # most tokens of one prompt in a step (0: the whole budget)
+    target_tpot_ms: float = 0.0   # a step carrying decodes takes the prompt tokens that keep it within this (0: off)
     threads_per_device: int | None = None
     cpu_kernels: bool = True  # bf16 on CPUs with AVX512-BF16: packed matmuls and paged decode in C (gyges/kernels)
     peer_reads: bool = True  # CPU: transformations read peers' arenas directly instead of gloo send/recv
@@ -76,6 +78,10 @@ class ClusterConfig:
             raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.block_tokens < 1 or self.max_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("block_tokens, max_batched_tokens and max_num_seqs must be positive")
+        if self.long_prefill_tokens < 0:
+            raise ValueError(f"--long-prefill-token-threshold must be 0 (off) or positive, got {self.long_prefill_tokens}")
+        if self.target_tpot_ms < 0:
+            raise ValueError(f"--target-tpot-ms must be 0 (off) or positive, got {self.target_tpot_ms}")
         self.sizes = parse_layout(self.layout, self.devices, self.max_tp) if self.layout else \
             [self.tp] * (self.devices // self.tp)
         self.memory_bytes = parse_bytes(self.device_memory)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from gyges.engine.kv_pool import DevicePages, KVPool
 from gyges.engine.scheduler import ScheduledBatch, Scheduler
 from gyges.engine.sequence import Sequence, Status
+from gyges.engine.step_time import StepTimeFit
 from gyges.memory.layout import DeviceLayout
 from gyges.policy import snapshot as ps
 from gyges.transform.coordinator import TransformReport, Transition, one_more_step
@@ -102,6 +103,10 @@ class ControllerConfig:
     max_num_seqs: int
     max_batched_tokens: int
     host_devices: int = 8
+    long_prefill_tokens: int = 0  # most tokens of one prompt in a step (0: the whole budget)
+    # a step that carries decodes takes only the prompt tokens that keep it within this, as predicted
+    # from the steps of instances of its degree (0: off)
+    tpot_target_s: float = 0.0
     precopy: bool = True     # transformations the policy starts pre-copy while decoding
     record_logits: bool = False
     # simulator only: (scheduler, batch) -> how many identical decode steps the batch may run as one
@@ -131,6 +136,7 @@ class Controller:
         self._lock = threading.Lock()
         self._next_tick = backend.now() + TICK_S
         self.prompt_tokens = self.generation_tokens = 0
+        self.step_fits: dict[int, StepTimeFit] = {}  # TP degree -> its steps' time over their tokens
         # the snapshot's request views of each instance, dropped whenever its requests change
         self._views: weakref.WeakKeyDictionary[Instance, tuple] = weakref.WeakKeyDictionary()
 
@@ -149,8 +155,8 @@ class Controller:
         pages = [DevicePages(kv_page_order(lay, lay.free_pages(tp, r) if free is None else free[d]), lay.kv_capacity(tp))
                  for r, d in enumerate(devices)]
         pool = KVPool(pages, self.cfg.max_tp, self.cfg.block_tokens)
-        return Instance(devices, Scheduler(pool, self.cfg.max_num_seqs, self.cfg.max_batched_tokens),
-                        formed_at=self.backend.now())
+        sched = Scheduler(pool, self.cfg.max_num_seqs, self.cfg.max_batched_tokens, self.cfg.long_prefill_tokens)
+        return Instance(devices, sched, formed_at=self.backend.now())
 
     def capacity_tokens(self, tp: int) -> int:
         """KV tokens an empty instance of degree `tp` holds."""
@@ -254,7 +260,8 @@ class Controller:
         for inst in self.instances:
             if inst.stepping or self._paused(inst):
                 continue
-            batch = inst.scheduler.schedule(admit=not (inst.carried and inst.scheduler.running))
+            batch = inst.scheduler.schedule(admit=not (inst.carried and inst.scheduler.running),
+                                            step_tokens=self._step_tokens(inst))
             inst.carried = False
             if batch or batch.failed or batch.preempted:
                 self._views.pop(inst, None)
@@ -270,6 +277,12 @@ class Controller:
                     self.backend.launch_step(StepKey(inst, batch), inst, batch, steps)
                 else:
                     self.backend.launch_step(StepKey(inst, batch), inst, batch)
+
+    def _step_tokens(self, inst: Instance) -> int | None:
+        """The most tokens of a step of `inst` that carries decodes, under the TPOT target (None: off or no fit yet)."""
+        if not self.cfg.tpot_target_s:
+            return None
+        return self.step_fits.setdefault(inst.tp, StepTimeFit()).tokens_within(self.cfg.tpot_target_s)
 
     # stretch (simulator): k decode steps of an unchanged batch as one launch; anything that would
     # change the batch sooner cuts it at the next step boundary, where stepping would look again
@@ -314,6 +327,7 @@ class Controller:
         steps = rest[1] if len(rest) > 1 else 1  # a stretch: every entry is a decode, each ran `steps` times
         if not self._in_transition(inst):  # a step behind a pre-copy chunk is not its normal length
             inst.step_s = (self.backend.now() - inst.launched) / steps
+            self.step_fits.setdefault(inst.tp, StepTimeFit()).observe(sum(batch.num_tokens), inst.step_s, steps)
         finished, k = False, 0
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed += n + steps - 1

@@ -1,10 +1,17 @@
 """Continuous batching for one instance: decode and chunked prefill in one token budget,
-preemption by recompute when KV pages run out."""
+preemption by recompute when KV pages run out.
+
+Order within a step (vLLM's chunked-prefill order): every decode first, then the prompts' chunks,
+running ones before waiting ones. A prompt takes at most `long_prefill_tokens` of a step (vLLM's
+`--long-prefill-token-threshold`), so a long document's prefill leaves room for short prompts
+beside it instead of holding them back for its whole length. With a TPOT target, a step that
+carries decodes takes only the prompt tokens that keep it within the target (`step_tokens`)."""
 from collections import deque
 from dataclasses import dataclass, field
 
 from gyges.engine.kv_pool import KVPool
 from gyges.engine.sequence import Sequence, Status
+from gyges.engine.step_time import prefill_budget
 
 
 @dataclass
@@ -19,10 +26,12 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, pool: KVPool, max_num_seqs: int = 64, max_batched_tokens: int = 512):
+    def __init__(self, pool: KVPool, max_num_seqs: int = 64, max_batched_tokens: int = 512,
+                 long_prefill_tokens: int = 0):
         self.pool = pool
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
+        self.long_prefill_tokens = long_prefill_tokens  # a prompt's most tokens in one step; 0: the budget
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -50,6 +59,12 @@ class Scheduler:
         """Whether the request, as far as it may grow, fits this instance's KV pages."""
         return self.pool.blocks_for(seq.kv_need) <= self.pool.total_blocks
 
+    def _chunk(self, seq: Sequence, budget: int) -> int:
+        """Tokens of `seq` this step: a decode's one, or a prompt's next chunk."""
+        left = seq.num_tokens - seq.num_computed
+        cap = self.long_prefill_tokens if left > 1 and self.long_prefill_tokens else budget
+        return min(left, budget, cap)
+
     def _preempt(self, seq: Sequence, batch: ScheduledBatch):
         self.running.remove(seq)
         self.pool.release(seq)
@@ -59,17 +74,20 @@ class Scheduler:
         self.waiting.appendleft(seq)
         batch.preempted.append(seq)
 
-    def schedule(self, admit: bool = True) -> ScheduledBatch:
-        """The next step's batch: running requests first (preempting the newest when KV runs out),
-        then, if `admit`, waiting ones while the token budget and KV last."""
+    def schedule(self, admit: bool = True, step_tokens: int | None = None) -> ScheduledBatch:
+        """The next step's batch: running requests first, decodes before prompt chunks (preempting
+        the newest when KV runs out), then, if `admit`, waiting ones while the token budget and KV last.
+        `step_tokens`: the most tokens of a step that carries decodes (None: the whole budget)."""
         batch = ScheduledBatch()
-        budget = self.max_batched_tokens
-        for seq in list(self.running):
+        budget, prompts_capped = self.max_batched_tokens, False
+        for seq in sorted(self.running, key=lambda s: s.num_tokens - s.num_computed > 1):  # stable: decodes first
             if budget == 0:
                 break
             if seq not in self.running:
                 continue
-            n = min(seq.num_tokens - seq.num_computed, budget)
+            if not prompts_capped and seq.num_tokens - seq.num_computed > 1:  # every decode is in the batch
+                budget, prompts_capped = prefill_budget(step_tokens, len(batch.seqs), budget, self.pool.block_tokens), True
+            n = self._chunk(seq, budget)
             while not self.pool.can_grow(seq, seq.num_computed + n):
                 victim = next(s for s in reversed(self.running) if s not in batch.seqs)
                 self._preempt(victim, batch)
@@ -81,6 +99,8 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_tokens.append(n)
             budget -= n
+        if not prompts_capped:
+            budget = prefill_budget(step_tokens, len(batch.seqs), budget, self.pool.block_tokens)
         while admit and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not self.fits_alone(seq):
@@ -89,7 +109,7 @@ class Scheduler:
                              f"this instance holds at most {self.pool.total_blocks * self.pool.block_tokens}")
                 batch.failed.append(seq)
                 continue
-            n = min(seq.num_tokens - seq.num_computed, budget)
+            n = self._chunk(seq, budget)
             if not self.pool.can_grow(seq, n) or (batch.preempted and seq in batch.preempted):
                 break
             self.waiting.popleft()

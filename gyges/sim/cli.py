@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", nargs="?", const="results", default=None,
                    help="write TTFT CDFs, throughput over time and layout timelines to this folder (default results/)")
+    p.add_argument("--target-tpot-ms", type=float, default=0.0, help="gyges serve's flag: a step carrying decodes "
+                   "takes the prompt tokens that keep it within this (0: off)")
     p.add_argument("--no-stretch", dest="stretch", action="store_false", help="step every decode (slow, exact)")
     p.add_argument("--fit", action="store_true", help="fit the CPU profile to our engine's measured steps "
                    "(a profiling sweep of a few minutes, or --fit-from) and write it")
@@ -108,7 +110,7 @@ def main(args) -> int:
     if not args.trace:
         raise ValueError("--trace is required (or --fit)")
     setup = Setup(model(args.model), gpu(args.gpu), gpus=args.gpus, max_tp=min(8, args.gpus), stretch=args.stretch,
-                  block_tokens=args.block_tokens)
+                  block_tokens=args.block_tokens, target_tpot_s=args.target_tpot_ms / 1e3)
     slo, trace = parse_slo(args.slo), load_trace(args.trace)
     if args.duration is not None:
         trace = [r for r in trace if r.arrival_s - trace[0].arrival_s < args.duration]

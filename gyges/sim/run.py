@@ -32,6 +32,7 @@ class Setup:
     block_tokens: int = 16
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
+    target_tpot_s: float = 0.0  # gyges serve --target-tpot-ms, in seconds (0: off)
     stretch: bool = True
     max_stretch_s: float = 1.0
     cost_model: type[CostModel] = CostModel  # a peer's variant (gyges.sim.peers)
@@ -151,7 +152,8 @@ def _simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[i
     t_wall = time.perf_counter()
     backend = SimBackend(setup.cost(), setup.max_stretch_s)
     cfg = ControllerConfig(setup.max_tp, setup.block_tokens, setup.max_num_seqs, setup.max_batched_tokens,
-                           setup.host_devices, stretch=decode_stretch if setup.stretch else None)
+                           setup.host_devices, tpot_target_s=setup.target_tpot_s,
+                           stretch=decode_stretch if setup.stretch else None)
     out: dict[int, Outcome] = {}
     tokens: list[tuple[float, int]] = []
     misses = _Misses(give_up) if give_up else None

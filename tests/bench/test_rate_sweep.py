@@ -2,8 +2,11 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.policies import Run, layout_segments, next_rate  # noqa: E402
+from benchmarks.policies import Run, layout_segments, next_rate, tpot_target_ms  # noqa: E402
+from gyges.bench.slo import Baseline, Line  # noqa: E402
 
 
 def walk(threshold: float, start=1.0, factor=2.0, max_runs=5) -> list[float]:
@@ -41,3 +44,9 @@ def test_layout_timeline_keeps_the_instances_a_merge_leaves_out():
         (0.0, 6.0, (0,), 1), (0.0, 6.0, (1,), 1),
         (0.0, 1.0, (2,), 1), (1.0, 1.5, (2,), None), (0.0, 1.0, (3,), 1), (1.0, 1.5, (3,), None),
         (1.5, 4.0, (2, 3), 2), (4.0, 4.2, (2, 3), None), (4.2, 6.0, (2,), 1), (4.2, 6.0, (3,), 1)])
+
+
+def test_the_servers_tpot_target_is_a_share_of_the_tightest_tpot_limit():
+    base = Baseline(Line(0.1, 0.002), Line(0.07, 0.0002))
+    assert tpot_target_ms("slo", base) == pytest.approx(5 * 70 * 0.8)  # 5x the shortest prompt's TPOT, 80% of it
+    assert tpot_target_ms("250", base) == 250.0 and tpot_target_ms("0", base) == 0.0

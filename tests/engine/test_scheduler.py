@@ -6,9 +6,9 @@ from gyges.engine.scheduler import Scheduler
 from gyges.engine.sequence import SamplingParams, Sequence, Status
 
 
-def make(pages=16, tp=1, max_tp=1, budget=8, block=4, max_seqs=8):
+def make(pages=16, tp=1, max_tp=1, budget=8, block=4, max_seqs=8, long_prefill=0):
     pool = KVPool([DevicePages(list(range(pages))) for _ in range(tp)], max_tp, block)
-    return Scheduler(pool, max_seqs, budget)
+    return Scheduler(pool, max_seqs, budget, long_prefill)
 
 
 def seq(n, max_tokens=4):
@@ -37,6 +37,54 @@ def test_long_prompt_is_prefilled_in_chunks_beside_decodes():
     advance(sched, b)
     b = sched.schedule()
     assert b.num_tokens == [1, 6] and long.num_computed + 6 == long.num_tokens
+
+
+def test_a_long_prompt_takes_at_most_its_threshold_so_a_short_one_prefills_beside_it():
+    capped, whole = make(budget=8, long_prefill=4), make(budget=8)
+    for sched in (capped, whole):
+        long, short = seq(20), seq(3)
+        sched.add(long)
+        b = sched.schedule()
+        assert b.seqs == [long]
+        advance(sched, b)
+        sched.add(short)
+        b = sched.schedule()
+        if sched is capped:
+            assert b.seqs == [long, short] and b.num_tokens == [4, 3]
+        else:  # without the threshold the long prompt fills the step and the short one waits
+            assert b.seqs == [long] and b.num_tokens == [8] and list(sched.waiting) == [short]
+
+
+def test_decodes_step_before_prompt_chunks_whatever_their_order_in_the_instance():
+    """A merged instance adopts its parts' requests in their order: a prompt still prefilling may
+    come before a request that decodes, and must not take the step's budget from it."""
+    sched = make(budget=4)
+    prefilling, decoding = seq(20), seq(3)
+    for s, done in ((prefilling, 4), (decoding, 3)):
+        sched.pool.grow(s, done)
+        s.num_computed, s.status = done, Status.RUNNING
+        sched.adopt_running(s)
+    decoding.output_ids.append(7)
+    b = sched.schedule()
+    assert b.seqs == [decoding, prefilling] and b.num_tokens == [1, 3]
+
+
+def test_a_step_with_decodes_takes_only_the_prompt_tokens_its_target_leaves():
+    sched = make(budget=64)
+    decoding, long, short = seq(3), seq(40), seq(6)
+    sched.add(decoding)
+    advance(sched, sched.schedule())
+    sched.add(long)
+    sched.add(short)
+    b = sched.schedule(step_tokens=13)  # 1 decode + 12 prompt tokens
+    assert b.seqs == [decoding, long] and b.num_tokens == [1, 12]
+    advance(sched, b)
+    b = sched.schedule(step_tokens=2)  # past the target already: prompts still get one block
+    assert b.seqs == [decoding, long] and b.num_tokens == [1, 4]
+    advance(sched, b)
+    sched.finish(decoding, "stop")
+    b = sched.schedule(step_tokens=13)  # no decode: the whole budget
+    assert b.seqs == [long, short] and b.num_tokens == [24, 6]
 
 
 def test_preempts_the_newest_when_pages_run_out_and_requeues_it_first():

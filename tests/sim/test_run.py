@@ -76,3 +76,18 @@ def test_give_up_stops_an_overloaded_run():
     assert cut.end_s < full.end_s and sum(o.error is None for o in cut.outcomes) < 40
     loose = simulate(trace, s, StaticPolicy(), per_host=(1,), give_up=GiveUp(lambda p, o: (1e3, 1e3), 0))
     assert not loose.gave_up and [o.finish_s for o in loose.outcomes] == [o.finish_s for o in full.outcomes]
+
+
+def test_a_tpot_target_keeps_decodes_within_it_while_long_prompts_prefill():
+    """Eight requests decode when four 16K-token prompts arrive: without a target each prompt's
+    step (the whole 8,192-token budget) stalls them; with one, their TPOT stays within it, and the
+    stretch (decodes launched as one) agrees with stepping one by one."""
+    trace = [TraceRequest(0.0, 100, 40) for _ in range(8)] + [TraceRequest(0.1 + 0.01 * i, 16000, 2) for i in range(4)]
+    free = simulate(trace, setup(), StaticPolicy(), per_host=(1,))
+    assert max(o.tpot_s for o in free.outcomes[:8]) > 0.05
+    for stretch in (True, False):
+        r = simulate(trace, setup(stretch=stretch, target_tpot_s=0.02), StaticPolicy(), per_host=(1,))
+        assert all(o.error is None for o in r.outcomes)
+        assert max(o.tpot_s for o in r.outcomes[:8]) <= 0.02
+        # the prompts pay for it, later but not starved
+        assert all(f.ttft_s < o.ttft_s < 2 * f.ttft_s for f, o in zip(free.outcomes[8:], r.outcomes[8:]))
