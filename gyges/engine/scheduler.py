@@ -1,8 +1,8 @@
 """Continuous batching for one instance: decode and chunked prefill in one token budget,
 preemption by recompute when KV pages run out.
 
-Order within a step (vLLM's chunked-prefill order): every decode first, then the prompts' chunks,
-running ones before waiting ones. A prompt takes at most `long_prefill_tokens` of a step (vLLM's
+Order within a step (vLLM v1's): running requests in the order they were admitted, then waiting
+ones. A prompt takes at most `long_prefill_tokens` of a step (vLLM's
 `--long-prefill-token-threshold`), so a long document's prefill leaves room for short prompts
 beside it instead of holding them back for its whole length. With a TPOT target, a step that
 carries decodes takes only the prompt tokens that keep it within the target (`step_tokens`)."""
@@ -59,11 +59,14 @@ class Scheduler:
         """Whether the request, as far as it may grow, fits this instance's KV pages."""
         return self.pool.blocks_for(seq.kv_need) <= self.pool.total_blocks
 
-    def _chunk(self, seq: Sequence, budget: int) -> int:
-        """Tokens of `seq` this step: a decode's one, or a prompt's next chunk."""
+    def _chunk(self, seq: Sequence, budget: int, prompt_budget: int) -> int:
+        """Tokens of `seq` this step: a decode's one, or a prompt's next chunk, within the step's
+        budget, the part of it left to prompts, and the long-prompt threshold."""
         left = seq.num_tokens - seq.num_computed
-        cap = self.long_prefill_tokens if left > 1 and self.long_prefill_tokens else budget
-        return min(left, budget, cap)
+        if left == 1:
+            return min(1, budget)
+        cap = self.long_prefill_tokens or budget
+        return max(0, min(left, budget, prompt_budget, cap))
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch):
         self.running.remove(seq)
@@ -75,19 +78,22 @@ class Scheduler:
         batch.preempted.append(seq)
 
     def schedule(self, admit: bool = True, step_tokens: int | None = None) -> ScheduledBatch:
-        """The next step's batch: running requests first, decodes before prompt chunks (preempting
+        """The next step's batch: running requests first, in the order they were admitted (preempting
         the newest when KV runs out), then, if `admit`, waiting ones while the token budget and KV last.
         `step_tokens`: the most tokens of a step that carries decodes (None: the whole budget)."""
         batch = ScheduledBatch()
-        budget, prompts_capped = self.max_batched_tokens, False
-        for seq in sorted(self.running, key=lambda s: s.num_tokens - s.num_computed > 1):  # stable: decodes first
+        budget = self.max_batched_tokens
+        decodes = sum(s.num_tokens - s.num_computed == 1 for s in self.running)
+        prompt_budget = prefill_budget(step_tokens, decodes, budget, self.pool.block_tokens)
+        for seq in list(self.running):
             if budget == 0:
                 break
             if seq not in self.running:
                 continue
-            if not prompts_capped and seq.num_tokens - seq.num_computed > 1:  # every decode is in the batch
-                budget, prompts_capped = prefill_budget(step_tokens, len(batch.seqs), budget, self.pool.block_tokens), True
-            n = self._chunk(seq, budget)
+            decode = seq.num_tokens - seq.num_computed == 1
+            n = self._chunk(seq, budget, prompt_budget)
+            if n == 0:  # a prompt beyond what the target leaves prompts: it waits a step
+                continue
             while not self.pool.can_grow(seq, seq.num_computed + n):
                 victim = next(s for s in reversed(self.running) if s not in batch.seqs)
                 self._preempt(victim, batch)
@@ -99,9 +105,8 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_tokens.append(n)
             budget -= n
-        if not prompts_capped:
-            budget = prefill_budget(step_tokens, len(batch.seqs), budget, self.pool.block_tokens)
-        while admit and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            prompt_budget -= 0 if decode else n
+        while admit and self.waiting and min(budget, prompt_budget) > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not self.fits_alone(seq):
                 self.waiting.popleft()
@@ -109,7 +114,7 @@ class Scheduler:
                              f"this instance holds at most {self.pool.total_blocks * self.pool.block_tokens}")
                 batch.failed.append(seq)
                 continue
-            n = self._chunk(seq, budget)
+            n = self._chunk(seq, budget, prompt_budget)
             if not self.pool.can_grow(seq, n) or (batch.preempted and seq in batch.preempted):
                 break
             self.waiting.popleft()
@@ -119,6 +124,7 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_tokens.append(n)
             budget -= n
+            prompt_budget -= n
         return batch
 
     def requeue_all(self):

@@ -55,20 +55,6 @@ def test_a_long_prompt_takes_at_most_its_threshold_so_a_short_one_prefills_besid
             assert b.seqs == [long] and b.num_tokens == [8] and list(sched.waiting) == [short]
 
 
-def test_decodes_step_before_prompt_chunks_whatever_their_order_in_the_instance():
-    """A merged instance adopts its parts' requests in their order: a prompt still prefilling may
-    come before a request that decodes, and must not take the step's budget from it."""
-    sched = make(budget=4)
-    prefilling, decoding = seq(20), seq(3)
-    for s, done in ((prefilling, 4), (decoding, 3)):
-        sched.pool.grow(s, done)
-        s.num_computed, s.status = done, Status.RUNNING
-        sched.adopt_running(s)
-    decoding.output_ids.append(7)
-    b = sched.schedule()
-    assert b.seqs == [decoding, prefilling] and b.num_tokens == [1, 3]
-
-
 def test_a_step_with_decodes_takes_only_the_prompt_tokens_its_target_leaves():
     sched = make(budget=64)
     decoding, long, short = seq(3), seq(40), seq(6)
@@ -85,6 +71,19 @@ def test_a_step_with_decodes_takes_only_the_prompt_tokens_its_target_leaves():
     sched.finish(decoding, "stop")
     b = sched.schedule(step_tokens=13)  # no decode: the whole budget
     assert b.seqs == [long, short] and b.num_tokens == [24, 6]
+
+
+def test_a_prompt_the_target_leaves_no_tokens_sits_the_step_out():
+    sched = make(pages=128, budget=64, long_prefill=20)
+    decoding, first, second = seq(3), seq(100), seq(100)
+    sched.add(decoding)
+    advance(sched, sched.schedule())
+    sched.add(first)
+    sched.add(second)
+    advance(sched, sched.schedule())  # no target: both prompts start, 20 tokens each
+    assert first.num_computed == second.num_computed == 20
+    b = sched.schedule(step_tokens=5)  # one decode and one block of prompt: the second prompt waits
+    assert b.seqs == [decoding, first] and b.num_tokens == [1, 4]
 
 
 def test_preempts_the_newest_when_pages_run_out_and_requeues_it_first():
