@@ -327,7 +327,8 @@ class Controller:
         steps = rest[1] if len(rest) > 1 else 1  # a stretch: every entry is a decode, each ran `steps` times
         if not self._in_transition(inst):  # a step behind a pre-copy chunk is not its normal length
             inst.step_s = (self.backend.now() - inst.launched) / steps
-            self.step_fits.setdefault(inst.tp, StepTimeFit()).observe(sum(batch.num_tokens), inst.step_s, steps)
+            if self.cfg.tpot_target_s:  # only the target reads the fits
+                self.step_fits.setdefault(inst.tp, StepTimeFit()).observe(sum(batch.num_tokens), inst.step_s, steps)
         finished, k = False, 0
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed += n + steps - 1

@@ -66,7 +66,7 @@ class Scheduler:
         if left == 1:
             return min(1, budget)
         cap = self.long_prefill_tokens or budget
-        return max(0, min(left, budget, prompt_budget, cap))
+        return min(left, budget, prompt_budget, cap)
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch):
         self.running.remove(seq)
