@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gyges.kernels.paged_decode import decode_attention, usable  # noqa: E402
-from gyges.model.attention import AttentionMeta, _decode, _gather  # noqa: E402
+from gyges.layers.attention import AttentionMeta, _decode, _gather  # noqa: E402
 
 
 def timed(fn, reps: int) -> float:

@@ -34,6 +34,7 @@ from gyges.cluster.cluster import Cluster  # noqa: E402
 from gyges.cluster.config import ClusterConfig, usable_cores  # noqa: E402
 from gyges.engine.sequence import SamplingParams  # noqa: E402
 from gyges.model.loader import default_model_path  # noqa: E402
+from gyges.policy.policy import StaticPolicy  # noqa: E402
 from gyges.policy.snapshot import Action, Arrival, Event, Route, Snapshot  # noqa: E402
 
 WORK = Path("/tmp/gyges-bench")
@@ -158,10 +159,11 @@ def random_weights_like(meta: Path) -> Path:
     return random_model(f"{meta.name}-random", meta, transformers.AutoConfig.from_pretrained(meta))
 
 
-class OneInstance:
+class OneInstance(StaticPolicy):
     """Routes every request to one instance, so the cluster's other devices stay idle while it is measured."""
 
     def __init__(self, instance: int = 0):
+        super().__init__()
         self.instance = instance
 
     def decide(self, snap: Snapshot, event: Event) -> list[Action]:
@@ -182,7 +184,7 @@ def layout_run(model: Path, tp: int, max_tp: int, batches: dict[str, Batch]) -> 
                         max_num_seqs=max(len(p) for p, _ in batches.values()))
     out = {}
     with Cluster(cfg, policy=OneInstance(0)) as cluster:
-        room = cluster.controller.capacity_tokens(tp)
+        room = cluster.layout.kv_tokens(tp)
         for kind, (batch, params) in batches.items():
             need = sum(-(-(len(p) + params.max_tokens) // cfg.block_tokens) * cfg.block_tokens for p in batch)
             assert need <= room, f"{kind}: the batch needs {need} KV tokens, TP{tp} holds {room}; raise device_memory"
@@ -208,7 +210,7 @@ def layout_tax(models: dict[str, Path], batches: dict[str, Batch], rounds: int, 
         for m, path in models.items():
             for name, tp, max_tp in order:
                 tok_s, capacity[m][name], info = layout_run(path, tp, max_tp, batches)
-                paths.add("C kernels" if info["kernels"] else f"PyTorch ({info['kernels_reason']})")
+                paths.add("C kernels" if info.kernels else f"PyTorch ({info.kernels_reason})")
                 for k, v in tok_s.items():
                     runs[m][k][name].append(v)
                 print(f"  round {r + 1}/{rounds} {m} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in tok_s.items()),

@@ -29,8 +29,8 @@ from benchmarks.engine_throughput import export_hf_dir, smollm2_sized_unpadded  
 from gyges.kernels.build import default_cpu_dtype  # noqa: E402
 from gyges.memory.arena import Arena  # noqa: E402
 from gyges.memory.layout import device_layout, head_groups  # noqa: E402
-from gyges.model.attention import AttentionMeta, PrefillSeq  # noqa: E402
-from gyges.model.llama import ForwardBatch, LlamaShard  # noqa: E402
+from gyges.layers.attention import AttentionMeta, PrefillSeq  # noqa: E402
+from gyges.layers.llama import ForwardBatch, LlamaShard  # noqa: E402
 from gyges.model.loader import LazyWeights, load_config  # noqa: E402
 
 BLOCK = 16

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gyges.bench.traces import TraceRequest  # noqa: E402
 from gyges.model.loader import load_config, resolve_model  # noqa: E402
-from gyges.policy.policy import GygesPolicy, StaticPolicy  # noqa: E402
+from gyges.policy import make_policy  # noqa: E402
 from gyges.policy.profiles import cpu_profile  # noqa: E402
 from gyges.sim.run import Setup, simulate  # noqa: E402
 
@@ -44,8 +44,8 @@ def metrics(reqs: list[dict]) -> dict:
 def replay(run: dict, setup: Setup, policy: str, min_dwell_s: float) -> tuple[dict, int]:
     trace = sorted((TraceRequest(r["send_s"], r["prompt_len"], r["output_len"]) for r in run["requests"]),
                    key=lambda r: r.arrival_s)
-    pol = (GygesPolicy(setup.cost(), replace(setup.policy_config(), min_dwell_s=min_dwell_s)) if policy == "gyges"
-           else StaticPolicy())
+    pol = make_policy("gyges" if policy == "gyges" else "static", setup.cost(),
+                      replace(setup.policy_config(), min_dwell_s=min_dwell_s))
     res = simulate(trace, setup, pol, LAYOUTS[policy])
     recs = [{"send_s": o.arrival_s, "first_token_s": o.first_token_s, "finish_s": o.finish_s, "error": o.error,
              "prompt_len": o.prompt_len, "output_len": o.output_len} for o in res.outcomes]

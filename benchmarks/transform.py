@@ -18,7 +18,6 @@ over the new configuration's own step; medians with p10 and p90 over `--cycles` 
 """
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -31,13 +30,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gyges.bench import transfer  # noqa: E402
+from benchmarks import transfer_worker as transfer  # noqa: E402
 from gyges.cluster.cluster import Cluster  # noqa: E402
 from gyges.cluster.config import ClusterConfig  # noqa: E402
 from gyges.engine.sequence import SamplingParams  # noqa: E402
 from gyges.kernels.build import default_cpu_dtype  # noqa: E402
 from gyges.model.loader import default_model_path  # noqa: E402
-from gyges.worker.worker import WORKER_CLASS_ENV  # noqa: E402
 
 WORK = Path("/tmp/gyges-bench")
 CYCLES = 9  # merge/split cycles per model, synchronous, then as many with pre-copy (medians, p10, p90)
@@ -144,7 +142,7 @@ def measure_precopy(cluster, rec: Recorder, kind: str) -> dict:
     return {"post_decode_step_s": after, "stall_over_slower_step": stall / max(decode_step, after),
             "total_s": report.total_s, "precopy_s": report.precopy_s, "precopy_bytes": report.precopy_bytes,
             "steps_during": steps, "switch_kv_units": report.kv_units_moved, "switch_weight_bytes": report.weight_bytes,
-            "switch_s": span([(s["kv_start"], s["weight_end"]) for s in stats]),
+            "switch_s": span([(s.kv_start, s.weight_end) for s in stats]),
             "stall_s": stall, "decode_step_s": decode_step, "stall_over_decode_step": stall / decode_step,
             **stalls(stall, decode_step, after), "post_step_s": rec.step_s[-4]}
 
@@ -163,8 +161,8 @@ def measure(cluster, rec: Recorder, kind: str, restart: bool = True) -> dict:
     page = cluster.layout.page_bytes
     cross = sum(mv.count for _, mv in moves if mv.src != mv.dst) * page
     stats = report.worker_stats.values()
-    kv_move_s = max(s["kv_s"] for s in stats)  # the slowest device alone, as before: not the wall time
-    kv_span = span([(s["kv_start"], s["kv_end"]) for s in stats])
+    kv_move_s = max(s.kv_s for s in stats)  # the slowest device alone, as before: not the wall time
+    kv_span = span([(s.kv_start, s.kv_end) for s in stats])
     # one sample of each limit per transformation, like the move itself: a best-of-n limit against
     # single moves would compare this noisy machine's best moments with its typical ones
     cold = limits(cluster, moves)
@@ -178,13 +176,13 @@ def measure(cluster, rec: Recorder, kind: str, restart: bool = True) -> dict:
         "kv_units_moved": report.kv_units_moved, "kv_messages": len(moves), "kv_bytes": report.kv_bytes,
         "kv_cross_device_bytes": cross, "kv_move_s": kv_move_s, "kv_move_span_s": kv_span,
         "kv_gbps": cross / kv_span / 1e9,
-        "transport": "peer reads" if all(w["peer_reads"] for w in cluster.worker_info) else "gloo send/recv",
+        "transport": "peer reads" if all(w.peer_reads for w in cluster.worker_info) else "gloo send/recv",
         **cold, "limit_s": limit_s, "limit_span_s": limit_s, "limit_gbps": cross / limit_s / 1e9,
         "memcpy_gbps": max(cross // 4, 1 << 20) / memcpy_s / 1e9, "fraction_of_limit": limit_s / kv_span,
         "warm_limit_s": warm_s, "fraction_of_warm_limit": warm_s / kv_span,
         "token_major_kv_move_s": token_major_s, "token_major_over_header_centric": token_major_s / kv_span,
         "weight_bytes_moved": report.weight_bytes,
-        "peak_extra_bytes": max(s["peak_extra_bytes"] or 0 for s in stats),
+        "peak_extra_bytes": max(s.peak_extra_bytes or 0 for s in stats),
         "instances_after": [i.devices for i in cluster.instances],
     }
     if restart:
@@ -218,7 +216,7 @@ def run_model(name: str, model: Path | None, memory: str, prompt_lens: list[int]
     cfg = ClusterConfig(model=str(model) if model else None, devices=4, tp=1, max_tp=4, dtype=dtype,
                         device_memory=memory, max_batched_tokens=512)
     t = time.perf_counter()
-    with Cluster(cfg) as cluster:
+    with Cluster(cfg, worker_class=transfer.BenchWorker) as cluster:  # the limits and baselines are its commands
         load_s = time.perf_counter() - t
         g = torch.Generator().manual_seed(0)
         for n in prompt_lens:
@@ -273,7 +271,6 @@ def main():
                     help="default: bf16 where the CPU has AVX512-BF16 (the C kernels), else fp32")
     ap.add_argument("--out", default=str(ROOT / "results" / "transform.json"))
     args = ap.parse_args()
-    os.environ[WORKER_CLASS_ENV] = "gyges.bench.transfer:BenchWorker"  # the limits and baselines run as its commands
     t0 = time.perf_counter()
     lens = [args.kv_tokens * w // 60 for w in (18, 14, 10, 8, 6, 4)]
     scale = 2 if args.dtype == "float32" else 1  # fp32 weights and KV take twice the bytes

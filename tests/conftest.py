@@ -1,12 +1,6 @@
 """Shared fixtures: tiny random Llama-family models saved as HF safetensors directories."""
-import os
-
 import pytest
 import torch
-
-from gyges.worker.worker import WORKER_CLASS_ENV
-
-os.environ[WORKER_CLASS_ENV] = "tests.worker.extension:TestingWorker"  # test-only commands (fault injection)
 
 
 def make_tiny_model(path, arch: str = "llama", tie: bool = False, heads: int = 8, kv_heads: int = 4,
@@ -51,3 +45,10 @@ def tiny_llama(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2", tie=True, heads=6, kv_heads=2)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The embedded SmolLM2's tokenizer (byte-level BPE: characters split across tokens)."""
+    from gyges.model.loader import load_tokenizer, resolve_model
+    return load_tokenizer(resolve_model(None))

@@ -1,18 +1,18 @@
 """Cluster settings, checked once, with messages that say what to change."""
 import os
-import re
 from dataclasses import dataclass
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+from pydantic import ByteSize, TypeAdapter, ValidationError
+
+_SIZE = TypeAdapter(ByteSize)
 
 
 def parse_bytes(text: str | int) -> int:
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot read {text!r} as a size; write it like 512MiB or 2GiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """A size like 512MiB, 2GiB or 1.5GB (pydantic's ByteSize), or a number of bytes."""
+    try:
+        return int(_SIZE.validate_python(text))
+    except ValidationError:
+        raise ValueError(f"cannot read {text!r} as a size; write it like 512MiB or 2GiB") from None
 
 
 def usable_cores() -> int:

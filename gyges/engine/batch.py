@@ -3,27 +3,10 @@
 Every rank gets the same token ids and positions; only page ids differ, since each device has
 its own pages. Arrays are small numpy buffers: cheap to pickle over the command channel.
 """
-from dataclasses import dataclass
-
 import numpy as np
 
 from gyges.engine.sequence import Sequence
-
-
-@dataclass
-class SampleSpec:
-    temperature: float
-    top_p: float
-    top_k: int
-    seed: int
-    step: int  # index of the token being sampled, so a seed gives the same draw wherever it runs
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    history: np.ndarray | None = None  # prompt + output ids, sent only when a penalty is set
-    prompt_len: int = 0
-    banned: tuple[int, ...] = ()       # EOS and stop ids while the output is under min_tokens
-    logprobs: int | None = None
+from gyges.protocol.commands import SampleSpec, StepInput
 
 
 def sample_spec(seq: Sequence, eos_ids: set[int]) -> SampleSpec:
@@ -32,21 +15,6 @@ def sample_spec(seq: Sequence, eos_ids: set[int]) -> SampleSpec:
     history = np.asarray(seq.tokens, dtype=np.int64) if p.has_penalties else None
     return SampleSpec(p.temperature, p.top_p, p.top_k, p.seed, n, p.presence_penalty, p.frequency_penalty,
                       p.repetition_penalty, history, len(seq.prompt_ids), p.banned_ids(n, eos_ids), p.logprobs)
-
-
-@dataclass
-class StepInput:
-    input_ids: np.ndarray
-    positions: np.ndarray
-    slot_pages: np.ndarray      # [T, m]
-    slot_offsets: np.ndarray    # [T]
-    decode_rows: np.ndarray     # [nd]
-    decode_tables: np.ndarray   # [nd, m, max_blocks]
-    decode_lens: np.ndarray     # [nd]
-    prefills: list[tuple[int, int, int, np.ndarray]]  # (start, q_len, ctx_len, table [m, blocks])
-    logit_rows: np.ndarray      # [n]
-    samples: list[SampleSpec]
-    want_logits: bool = False
 
 
 def rank_table(seq: Sequence, rank: int, m: int) -> np.ndarray:

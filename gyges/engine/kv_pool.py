@@ -59,20 +59,42 @@ class DevicePages:
 
 
 class KVPool:
-    def __init__(self, devices: list[DevicePages], max_tp: int, block_tokens: int):
-        self.devices = devices
-        self.m = units_per_block(max_tp, len(devices))
+    """The pages of an instance's devices (rank order); a transformation asks for free pages and
+    reserves or gives back particular ones, by device."""
+
+    def __init__(self, devices: list[int], pages: list[DevicePages], max_tp: int, block_tokens: int):
+        self.devices = list(devices)
+        self.pages = pages
+        self.m = units_per_block(max_tp, len(pages))
         self.max_tp = max_tp
         self.block_tokens = block_tokens
 
+    def free_pages(self) -> dict[int, np.ndarray]:
+        """Each device's free pages, in the order they are handed out."""
+        return {d: pages.free_pages() for d, pages in zip(self.devices, self.pages)}
+
+    def reserve(self, pages: dict[int, np.ndarray]):
+        """Take these free pages of each device off its free list (a transformation's destinations)."""
+        for d, dev in zip(self.devices, self.pages):
+            dev.reserve(pages[d])
+
+    def give_back(self, pages: dict[int, np.ndarray]):
+        """Return reserved pages of each device to its free list."""
+        for d, dev in zip(self.devices, self.pages):
+            dev.give(pages[d])
+
+    def usage(self) -> dict[int, float]:
+        """Each device's fraction of KV pages in use."""
+        return {d: 1.0 - p.num_free / p.capacity if p.capacity else 0.0 for d, p in zip(self.devices, self.pages)}
+
     @property
     def free_blocks(self) -> int:
-        return min(d.num_free for d in self.devices) // self.m
+        return min(p.num_free for p in self.pages) // self.m
 
     @property
     def total_blocks(self) -> int:
         """Blocks the pool could hold with nothing running (for admission checks)."""
-        return min(d.capacity for d in self.devices) // self.m
+        return min(p.capacity for p in self.pages) // self.m
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_tokens)
@@ -87,14 +109,14 @@ class KVPool:
             return
         if not seq.pages:
             seq.pages = [[] for _ in range(self.max_tp)]
-        for r, dev in enumerate(self.devices):
+        for r, dev in enumerate(self.pages):
             for g in range(r * self.m, (r + 1) * self.m):
                 seq.pages[g].extend(dev.take(n))
 
     def release(self, seq: Sequence):
         if not seq.pages:
             return
-        for r, dev in enumerate(self.devices):
+        for r, dev in enumerate(self.pages):
             for g in range(r * self.m, (r + 1) * self.m):
                 dev.give(seq.pages[g])
         seq.pages = []

@@ -4,22 +4,11 @@ The random draw for a token depends only on (seed, token index), not on which wo
 or what ran before, so a request keeps its sampled text across preemption and transformation.
 Penalties and masks depend only on the request's own tokens, so they keep that property.
 """
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from gyges.engine.batch import SampleSpec
-
-
-@dataclass
-class TokenLogprob:
-    """Log-probabilities of one sampled token under the raw model output (vLLM v1's default:
-    before temperature, penalties and masks), so they describe the model, not the sampling."""
-    token_id: int
-    logprob: float
-    rank: int                         # 1 = the model's most likely token
-    top: list[tuple[int, float]]      # the `logprobs` most likely tokens and their logprobs, most likely first
+from gyges.protocol.answers import TokenLogprob
+from gyges.protocol.commands import SampleSpec
 
 
 def _draw_generator(seed: int, step: int) -> torch.Generator:

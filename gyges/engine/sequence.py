@@ -11,7 +11,8 @@ MAX_LOGPROBS = 20
 @dataclass
 class SamplingParams:
     """What a request asks of sampling and stopping. `max_tokens=None`: the client set no limit; the
-    request runs to a stop or the model's context, and its KV need is estimated (`--output-estimate`)."""
+    request runs to a stop or the model's context, and its KV need is estimated (`--output-estimate`).
+    Checked once, with the prompt, at admission (gyges/engine/admission.py)."""
     max_tokens: int | None = 16
     temperature: float = 1.0
     top_p: float = 1.0
@@ -27,29 +28,6 @@ class SamplingParams:
     logprobs: int | None = None         # None: none; k: the sampled token's logprob and the top k
 
     def __post_init__(self):
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if self.min_tokens < 0:
-            raise ValueError(f"min_tokens must be >= 0, got {self.min_tokens}")
-        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if not -2 <= getattr(self, name) <= 2:
-                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
-        if any(t < 0 for t in self.stop_token_ids):
-            raise ValueError(f"stop_token_ids must be token ids (>= 0), got {self.stop_token_ids}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
         if self.seed is None:
             self.seed = random.getrandbits(62)
 
@@ -86,10 +64,15 @@ class Sequence:
     error: str | None = None
     text: str = ""
     num_preemptions: int = 0
+    max_tokens: int | None = None   # output tokens it may produce (default: params.max_tokens; admission fills it in)
     need_tokens: int | None = None  # KV tokens it may reach: prompt + max_tokens unless an estimate is set
     arrival: float = 0.0            # controller clock at submission
     aborted: bool = False           # the client went away; it ends at its instance's next step
     scheduled: float | None = None  # controller clock when it first ran (queue time = scheduled - arrival)
+
+    def __post_init__(self):
+        if self.max_tokens is None:
+            self.max_tokens = self.params.max_tokens
 
     @property
     def tokens(self) -> list[int]:
@@ -106,7 +89,7 @@ class Sequence:
     @property
     def kv_need(self) -> int:
         """KV tokens to plan for: the estimate (or prompt + max_tokens), never less than it holds now."""
-        planned = len(self.prompt_ids) + self.params.max_tokens if self.need_tokens is None else self.need_tokens
+        planned = len(self.prompt_ids) + self.max_tokens if self.need_tokens is None else self.need_tokens
         return max(planned, self.num_tokens + 1)
 
     @property

@@ -4,10 +4,10 @@ from collections.abc import Mapping
 
 import torch
 
+from gyges.heap import trim_heap
 from gyges.kernels import packed as packed_kernel
 from gyges.memory.layout import DeviceLayout, Slot, head_groups
 from gyges.memory.weights import layer_names, layer_shards
-from gyges.model.loader import trim_heap
 
 
 # Every byte of a fresh arena: a masked read of a never-written page must be finite (0.0115 in bf16

@@ -1,5 +1,4 @@
 """Find a model, read its config and weights (HF safetensors or GGUF) under HF tensor names."""
-import ctypes
 import importlib.util
 import struct
 from collections.abc import Iterator, Mapping
@@ -184,15 +183,6 @@ class LazyWeights(Mapping):
 
     def __len__(self) -> int:
         return len(self._where)
-
-
-def trim_heap() -> None:
-    """Hand freed heap back to the OS (glibc): dequantized blocks and GGUF metadata leave tens of MB
-    that malloc otherwise keeps for the worker's lifetime."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def load_tokenizer(path: Path):

@@ -22,7 +22,7 @@ def route_target(instances: tuple[InstanceView, ...], need: int) -> InstanceView
     return max(fits, key=lambda i: (freeness(i), -i.id), default=None)
 
 
-class _Plan:
+class Plan:
     """The snapshot as this decision changes it: routed requests join their instance's queue, and the
     instances of a transformation started now take no more requests; groups the planner refused
     lately are not proposed again (see `blocked_groups`)."""
@@ -59,7 +59,7 @@ class StaticPolicy:
         self.config = config or PolicyConfig()
 
     def decide(self, snap: Snapshot, event: Event) -> list[Action]:
-        plan = _Plan(snap, self.config.refusal_retry_s)
+        plan = Plan(snap, self.config.refusal_retry_s)
         actions: list[Action] = []
         for r in _offered(snap, event):
             actions += self._place(plan, r)
@@ -70,7 +70,7 @@ class StaticPolicy:
         big = max(snap.instances, key=lambda i: (i.kv_capacity_tokens, -i.id))
         return big.kv_capacity_tokens, f"the largest instance of this layout (TP{big.tp})"
 
-    def _place(self, plan: _Plan, r: RequestView) -> list[Action]:
+    def _place(self, plan: Plan, r: RequestView) -> list[Action]:
         limit, what = self.limit(plan.snap)
         if r.need_tokens > limit:
             return [Reject(r.id, f"the request needs {r.need_tokens} KV tokens (a {r.prompt_tokens}-token prompt "
@@ -80,10 +80,10 @@ class StaticPolicy:
             return [plan.route(r, target)]
         return self._no_room(plan, r)
 
-    def _no_room(self, plan: _Plan, r: RequestView) -> list[Action]:
+    def _no_room(self, plan: Plan, r: RequestView) -> list[Action]:
         return [Hold(r.id, "every instance that can hold it is transforming")]
 
-    def _reshape(self, plan: _Plan) -> list[Action]:
+    def _reshape(self, plan: Plan) -> list[Action]:
         return []
 
 
@@ -100,7 +100,7 @@ class GygesPolicy(StaticPolicy):
         tp = degrees(snap)[-1]
         return snap.kv_capacity_by_tp[tp], f"the largest instance this cluster can form (TP{tp})"
 
-    def _place(self, plan: _Plan, r: RequestView) -> list[Action]:
+    def _place(self, plan: Plan, r: RequestView) -> list[Action]:
         """Among instances that can hold it, those with room for it now come first, then those of a merge
         in pre-copy that it can ride along with (`ride_along`); when none has room, a second instance of
         the needed degree may be merged rather than queueing it (`_queue_or_merge`)."""
@@ -113,7 +113,7 @@ class GygesPolicy(StaticPolicy):
             return [plan.route(r, rider)]
         return (self._queue_or_merge(plan, r, holders) if holders else None) or super()._place(plan, r)
 
-    def _queue_or_merge(self, plan: _Plan, r: RequestView, holders: list[InstanceView]) -> list[Action] | None:
+    def _queue_or_merge(self, plan: Plan, r: RequestView, holders: list[InstanceView]) -> list[Action] | None:
         """Every instance that can hold `r` is full: hold it for a merge of an aligned group of the
         smallest degree that holds it, with room for it now (chosen as forced merges are), when queueing
         on the instance that frees room first would take longer than that merge. None: queue it."""
@@ -139,7 +139,7 @@ class GygesPolicy(StaticPolicy):
                                      f"have room in {wait:.1f} s, a merge takes {took:.1f} s"),
                 Hold(r.id, f"waiting for the merge of devices {list(group.devices)}")]
 
-    def _no_room(self, plan: _Plan, r: RequestView) -> list[Action]:
+    def _no_room(self, plan: Plan, r: RequestView) -> list[Action]:
         """No instance can ever hold it as it is: merge the group that will (forced, so no cost test:
         the alternative is never serving it), and hold the request until the merged instance is up."""
         if plan.busy:
@@ -151,7 +151,7 @@ class GygesPolicy(StaticPolicy):
         reason = f"request {r.id} needs {r.need_tokens} KV tokens, more than any instance holds"
         return [Merge(group.devices, reason), Hold(r.id, f"waiting for the merge of devices {list(group.devices)}")]
 
-    def _reshape(self, plan: _Plan) -> list[Action]:
+    def _reshape(self, plan: Plan) -> list[Action]:
         if plan.busy:
             return []
         merge = pressure_merge(self.cost, plan.snap, plan.instances, self.config, plan.blocked)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import uvicorn
 
-from gyges.cli import add_cluster_args, cluster_config
+from gyges.cluster.args import add_cluster_args, cluster_config
+from gyges.policy import POLICIES
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_cluster_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--policy", default="gyges", choices=["gyges", "static"],
+    p.add_argument("--policy", default="gyges", choices=list(POLICIES),
                    help="gyges: merge and split instances with the traffic; static: keep the start-up layout")
     p.add_argument("--static-layout", default=None,
                    help="with --policy static: instance sizes in device order, e.g. 2,1,1 (default: all --tp)")
@@ -47,7 +48,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def serve(args) -> int:
-    from gyges.cluster.engine import Engine, ServeConfig
+    from gyges.cluster.serving import ServeConfig, ServingCluster
     from gyges.model.loader import resolve_model
     from gyges.server.app import ServerSettings, build_app
     if args.static_layout and args.policy != "static":
@@ -58,34 +59,34 @@ def serve(args) -> int:
                             min_dwell_s=args.min_dwell, cost_profile=args.cost_profile)
     template = Path(args.chat_template).read_text() if args.chat_template else None
     name = args.served_model_name or args.model or resolve_model(None).stem
-    # Ctrl-C signals the whole process group: the workers and the engine thread inherit a block on
+    # Ctrl-C signals the whole process group: the workers and the loop's thread inherit a block on
     # the stop signals, so only this thread gets them, and drains, instead of the workers dying
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        engine = Engine(cfg, serve_cfg)
+        cluster = ServingCluster(cfg, serve_cfg)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
     settings = ServerSettings(name, args.api_key, args.enable_operator_endpoints, template)
-    server = _Server(uvicorn.Config(build_app(engine, settings), host=args.host, port=args.port,
+    server = _Server(uvicorn.Config(build_app(cluster, settings), host=args.host, port=args.port,
                                     log_level=args.log_level, timeout_graceful_shutdown=5),
-                     engine, args.shutdown_timeout)
+                     cluster, args.shutdown_timeout)
     try:
-        layout = ", ".join(f"TP{i['tp']} {i['devices']}" for i in engine.cluster_info()["instances"])
+        layout = ", ".join(f"TP{i['tp']} {i['devices']}" for i in cluster.cluster_info()["instances"])
         print(f"gyges: serving {name!r} on {args.devices} device(s): {layout}; policy {args.policy}\n"
               f"gyges: http://{args.host}:{args.port}/v1", flush=True)
         server.run()
     finally:
-        server.stop_engine()
+        server.stop_cluster()
     return 0
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, but the first signal drains the engine before the server stops."""
+    """uvicorn's server, but the first signal drains the cluster before the server stops."""
 
-    def __init__(self, config, engine, timeout: float):
+    def __init__(self, config, cluster, timeout: float):
         super().__init__(config)
-        self.engine, self.timeout = engine, timeout
+        self.cluster, self.timeout = cluster, timeout
         self._drain: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -100,16 +101,16 @@ class _Server(uvicorn.Server):
             super().handle_exit(sig, frame)
 
     def _drain_then_exit(self):
-        self.engine.shutdown(self.timeout)
+        self.cluster.shutdown(self.timeout)
         self.should_exit = True
 
-    def stop_engine(self):
-        """After the server stopped (or failed to start): make sure the engine and its workers are gone."""
+    def stop_cluster(self):
+        """After the server stopped (or failed to start): make sure the cluster and its workers are gone."""
         with self._lock:
             drain = self._drain
             if drain is None:
                 self._drain = threading.current_thread()
         if drain is None:
-            self.engine.shutdown(0)
+            self.cluster.shutdown(0)
         else:
             drain.join()

@@ -1,17 +1,19 @@
-"""One HTTP request's choices on the engine: submit them, turn their token events into text
+"""One HTTP request's choices on the serving cluster: submit them, turn their token events into text
 deltas, find stop strings, abort whatever is left when the client goes away.
 
-The engine calls `on_event` from its own thread; events reach this request's asyncio queue
-through `loop.call_soon_threadsafe`, in order.
+The cluster calls `on_event` from its loop's thread; events reach this request's asyncio queue
+through `loop.call_soon_threadsafe`, in order, and are detokenized here, on the event loop. A stop
+string aborts its request in the cluster at once; the tokens after the one that completed it are
+neither sent nor counted in usage.
 """
 import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from gyges.engine.sampler import TokenLogprob
+from gyges.engine.detokenizer import IncrementalDetokenizer
 from gyges.engine.sequence import SamplingParams
-from gyges.server.detokenizer import IncrementalDetokenizer
+from gyges.protocol.answers import TokenLogprob
 from gyges.server.metrics import ServerMetrics
 
 
@@ -38,10 +40,11 @@ class _Choice:
 
 
 class Generation:
-    def __init__(self, engine, metrics: ServerMetrics, prompts: list[list[int]],
-                 params: list[list[SamplingParams]], skip_special_tokens: bool):
-        """`params[i][j]`: choice j of prompt i; its index is i * n + j, as in OpenAI's API."""
-        self.engine, self.metrics = engine, metrics
+    def __init__(self, cluster, metrics: ServerMetrics, prompts: list[list[int]],
+                 params: list[list[SamplingParams]], skip_special_tokens: bool, where: str = "prompt"):
+        """`params[i][j]`: choice j of prompt i; its index is i * n + j, as in OpenAI's API. `where`
+        names the prompt in error messages."""
+        self.cluster, self.metrics = cluster, metrics
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.choices: list[_Choice] = []
@@ -49,10 +52,10 @@ class Generation:
         try:
             for ids, ps in zip(prompts, params):
                 for sp in ps:
-                    detok = IncrementalDetokenizer(engine.tokenizer, ids, sp.stop, skip_special_tokens)
+                    detok = IncrementalDetokenizer(cluster.tokenizer, ids, sp.stop, skip_special_tokens)
                     c = _Choice(len(self.choices), detok)
                     self.choices.append(c)
-                    c.request_id = engine.submit(ids, sp, self._callback(c))
+                    c.request_id = cluster.submit(ids, sp, self._callback(c), where)
         except BaseException:
             self.abort()
             raise
@@ -70,11 +73,11 @@ class Generation:
         return sum(c.num_tokens for c in self.choices)
 
     def abort(self):
-        """End every unfinished choice in the engine (the client left, or submission failed) and
+        """End every unfinished choice in the cluster (the client left, or submission failed) and
         stop `deltas`. Called on the event loop."""
         for c in self.choices:
             if not c.done and c.request_id is not None:
-                self.engine.abort(c.request_id)
+                self.cluster.abort(c.request_id)
             c.done = True
         self.queue.put_nowait(None)
 
@@ -94,15 +97,18 @@ class Generation:
 
     def _apply(self, c: _Choice, event) -> Delta:
         now, m = time.monotonic(), self.metrics
-        if event.token_ids:
+        before = c.detok.used
+        text = c.detok.add(event.token_ids)
+        n = c.detok.used - before  # the tokens up to a stop string's end; those after it do not count
+        tokens, logprobs = list(event.token_ids[:n]), None if event.logprobs is None else event.logprobs[:n]
+        if tokens:
             (m.ttft if c.last is None else m.itl).observe(now - (c.arrived if c.last is None else c.last))
-            c.last, c.num_tokens = now, c.num_tokens + len(event.token_ids)
+            c.last, c.num_tokens = now, c.num_tokens + n
             if event.queued_s is not None:
                 m.queue.observe(event.queued_s)
-        text = c.detok.add(event.token_ids)
-        delta = Delta(c.index, text, list(event.token_ids), event.logprobs)
+        delta = Delta(c.index, text, tokens, logprobs)
         if c.detok.stopped:
-            self.engine.abort(c.request_id)
+            self.cluster.abort(c.request_id)
             delta.finish_reason = "stop"
         elif event.finished:
             delta.text += c.detok.finish() if event.error is None else ""

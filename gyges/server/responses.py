@@ -1,5 +1,5 @@
 """OpenAI response bodies built from deltas (pure: data in, JSON-ready dicts out)."""
-from gyges.engine.sampler import TokenLogprob
+from gyges.protocol.answers import TokenLogprob
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

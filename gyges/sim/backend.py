@@ -13,11 +13,13 @@ change the batch there: exactly where a step-by-step run would next look at it.
 """
 import heapq
 import math
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gyges.engine.scheduler import ScheduledBatch
 from gyges.policy.cost_model import CostModel, StepLoad
-from gyges.worker.commands import CopyDone, Transform
+from gyges.protocol.answers import CopyDone, StepResult, TransformStats
+from gyges.protocol.commands import Command, Transform
 
 TOKEN = 0  # the id every simulated step returns: requests run to max_tokens (ignore_eos)
 
@@ -104,22 +106,23 @@ class SimBackend:
         self._order += 1
         heapq.heappush(self._heap, (end, devices[0], self._order, item))
 
-    def launch_step(self, key, instance, batch: ScheduledBatch, steps: int = 1) -> None:
+    def launch_step(self, key: Hashable, devices: Sequence[int], batch: ScheduledBatch, steps: int = 1) -> None:
         load = step_load(batch)
-        t0 = self.cost.step_time(instance.tp, load)
+        tp = len(devices)
+        t0 = self.cost.step_time(tp, load)
         dt = 0.0
         if steps > 1:
             more = StepLoad(load.prefill_tokens, load.decode_tokens, load.context_tokens + load.decode_tokens)
-            dt = self.cost.step_time(instance.tp, more) - t0
-        f = Flight(key, list(instance.devices), self._start(instance.devices), t0, dt, steps, tokens_of(batch))
+            dt = self.cost.step_time(tp, more) - t0
+        f = Flight(key, list(devices), self._start(devices), t0, dt, steps, tokens_of(batch))
         f.steps = f.steps_within(self.max_stretch_s) if steps > 1 else 1
         self.flights[f.devices[0]] = f
         self.launches += 1
         self._push(f.end, f.devices, f)
 
-    def cut(self, instance) -> None:
-        """End the instance's stretch at the first step boundary at or after now (no-op otherwise)."""
-        f = self.flights.get(instance.devices[0])
+    def cut(self, devices: Sequence[int]) -> None:
+        """End the stretch on `devices` at the first step boundary at or after now (no-op otherwise)."""
+        f = self.flights.get(devices[0])
         if f is None or f.steps == 1:
             return
         j = _largest_j(f.t0, f.dt, self.clock - f.start)
@@ -129,17 +132,20 @@ class SimBackend:
         f.steps, f.version = j, f.version + 1
         self._push(f.end, f.devices, f)
 
-    def launch_phase(self, key, devices: list[int], messages: dict, nbytes: int = 0) -> None:
+    def launch_phase(self, key: Hashable, devices: Sequence[int], messages: Mapping[int, Command], nbytes: int = 0) -> None:
         """A transformation phase: a pre-copy chunk (CopyPages) moves its bytes while others decode;
         a switch (Transform) also pays the switch overhead (barriers, new block tables)."""
         switch = any(isinstance(m, Transform) for m in messages.values())
         tc = self.cost.transform_cost(nbytes, nbytes if switch else 0, len(devices))
         seconds = tc.time_s if switch else tc.time_s - self.cost.hw.switch_overhead_s
         end = self._start(devices) + seconds
-        answer = {d: {} for d in devices} if switch else {d: CopyDone(0, seconds) for d in devices}
+        answer = {d: TransformStats() for d in devices} if switch else {d: CopyDone(0, seconds) for d in devices}
         self._push(end, list(devices), (key, answer))
 
-    def wait(self, until: float | None) -> list[tuple[object, object]]:
+    def check_alive(self) -> None:
+        """Simulated devices never fail."""
+
+    def wait(self, until: float | None) -> list[tuple[Hashable, object]]:
         """Advance to the earliest completion at or before `until` and return every launch that
         completes at that instant; with none, move the clock to `until` and return []."""
         done = []
@@ -162,9 +168,4 @@ class SimBackend:
             return item
         del self.flights[item.devices[0]]
         self.steps_run += item.steps
-        answer = (item.result_tokens, None) if item.steps == 1 else (item.result_tokens, None, None, item.steps)
-        return item.key, answer
-
-    @property
-    def in_flight(self) -> bool:
-        return bool(self.flights) or any(not isinstance(i, Flight) for *_, i in self._heap)
+        return item.key, StepResult(item.result_tokens, steps=item.steps)

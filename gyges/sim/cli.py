@@ -11,7 +11,7 @@ import numpy as np
 from gyges.bench.slo import Baseline, Line, meets_slo, parse_slo
 from gyges.bench.traces import load_trace
 from gyges.bench.workload import scale_trace, spread_ties, time_scale_for_rate
-from gyges.policy.policy import GygesPolicy, StaticPolicy
+from gyges.policy import make_policy
 from gyges.sim import layouts
 from gyges.sim.bound import rate_bound
 from gyges.sim.peers import peers
@@ -51,10 +51,11 @@ def add_parser(sub) -> None:
 
 def policies(setup: Setup, longest_need: int) -> dict[str, tuple]:
     """Name -> (policy, per-host layout, setup): Gyges from all-TP1, every static candidate, the peers."""
-    out = {"gyges": (GygesPolicy(setup.cost(), setup.policy_config()), (1,) * setup.host, setup)}
+    cost, config = setup.cost(), setup.policy_config()
+    out = {"gyges": (make_policy("gyges", cost, config), (1,) * setup.host, setup)}
     for name, sizes in layouts.candidates(setup.host, setup.max_tp).items():
-        if setup.cost().kv_capacity_tokens(min(sizes)) > 0:  # every instance holds its weights
-            out[name] = (StaticPolicy(), sizes, setup)
+        if cost.kv_capacity_tokens(min(sizes)) > 0:  # every instance holds its weights
+            out[name] = (make_policy("static", cost, config), sizes, setup)
     return out | peers(setup, longest_need)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from gyges.policy.cost_model import CostModel, StepLoad
 from gyges.policy.load import freeness, room
-from gyges.policy.policy import GygesPolicy, StaticPolicy, _Plan
+from gyges.policy.policy import GygesPolicy, Plan, StaticPolicy
 from gyges.policy.reshape import best_split, degrees, kv_to_move, mergeable
 from gyges.policy.snapshot import Action, Hold, Merge, RequestView, Split
 from gyges.sim.run import Setup
@@ -32,7 +32,7 @@ from gyges.sim.run import Setup
 class LlumnixPolicy(StaticPolicy):
     """Fixed instances; a request goes to the smallest instances that hold it and have room now."""
 
-    def _place(self, plan: _Plan, r: RequestView) -> list[Action]:
+    def _place(self, plan: Plan, r: RequestView) -> list[Action]:
         fits = [i for i in plan.instances if not i.transforming and i.kv_capacity_tokens >= r.need_tokens]
         roomy = [i for i in fits if room(i) >= r.need_tokens]
         if roomy:
@@ -41,7 +41,7 @@ class LlumnixPolicy(StaticPolicy):
         return super()._place(plan, r)
 
 
-def _split(policy: GygesPolicy, plan: _Plan) -> list[Action]:
+def _split(policy: GygesPolicy, plan: Plan) -> list[Action]:
     """Gyges's priced split, if one is worth it (peers that merge differently split the same way)."""
     split = best_split(policy.cost, plan.snap, plan.instances, policy.config)
     if split is None:
@@ -54,7 +54,7 @@ def _split(policy: GygesPolicy, plan: _Plan) -> list[Action]:
 class KunServePolicy(GygesPolicy):
     """Merges the smallest group whose members all have queued requests and no room for them."""
 
-    def _reshape(self, plan: _Plan) -> list[Action]:
+    def _reshape(self, plan: Plan) -> list[Action]:
         if plan.busy:
             return []
         for tp in degrees(plan.snap)[1:]:
@@ -68,7 +68,7 @@ class KunServePolicy(GygesPolicy):
 class FlyingServingPolicy(GygesPolicy):
     """A request no instance holds merges its whole host into one TP instance; no pressure merges."""
 
-    def _no_room(self, plan: _Plan, r: RequestView) -> list[Action]:
+    def _no_room(self, plan: Plan, r: RequestView) -> list[Action]:
         groups = [] if plan.busy else mergeable(plan.snap, plan.instances, degrees(plan.snap)[-1])
         if not groups:
             return [Hold(r.id, f"needs {r.need_tokens} KV tokens: waiting for a host to switch to TP")]
@@ -77,7 +77,7 @@ class FlyingServingPolicy(GygesPolicy):
         return [Merge(g.devices, f"request {r.id} needs {r.need_tokens} KV tokens: host to TP{g.tp}"),
                 Hold(r.id, f"waiting for devices {list(g.devices)} to switch to TP")]
 
-    def _reshape(self, plan: _Plan) -> list[Action]:
+    def _reshape(self, plan: Plan) -> list[Action]:
         return [] if plan.busy else _split(self, plan)
 
 

@@ -159,7 +159,7 @@ def _simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[i
     misses = _Misses(give_up) if give_up else None
     bar = tqdm(total=len(trace), desc="simulate", unit="req", disable=not progress, leave=False)
 
-    def on_output(seq: Sequence, new: list[int], _):
+    def on_output(seq: Sequence, new: list[int], _logprobs, _logits):
         o, now = out[seq.id], backend.now()
         if new:
             tokens.append((now, len(new)))
@@ -206,7 +206,7 @@ def _simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[i
                 o.error = "not finished: the run gave up"
         outcomes += [Outcome(r.input_len, r.output_len, r.arrival_s, error="not run: the run gave up")
                      for r in trace[len(outcomes):]]
-    return SimResult(outcomes, backend.now(), len(ctl.history), layouts, tokens,
+    return SimResult(outcomes, backend.now(), len(ctl.transitions.history), layouts, tokens,
                      time.perf_counter() - t_wall, backend.steps_run, backend.launches, gave_up)
 
 

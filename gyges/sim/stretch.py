@@ -18,7 +18,7 @@ def decode_stretch(scheduler: Scheduler, batch: ScheduledBatch) -> int:
     for seq, n in zip(batch.seqs, batch.num_tokens):
         if n != 1 or seq.num_computed < len(seq.prompt_ids) or seq.num_computed + 1 != seq.num_tokens:
             return 1
-        left = seq.params.max_tokens - len(seq.output_ids)  # tokens it still produces, this step's included
+        left = seq.max_tokens - len(seq.output_ids)  # tokens it still produces, this step's included
         k = left if k is None else min(k, left)
     return max(1, _blocks_allow(scheduler, batch, k))
 

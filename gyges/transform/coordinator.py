@@ -2,20 +2,26 @@
 install the new instances with every request still in them.
 
 Nothing here talks to a process: each phase returns the commands for the devices taking part
-(`{device: CopyPages | Transform}`, gyges/worker/commands.py), and the controller sends them, collects the answers while other instances keep
-stepping, and calls back. With pre-copy, the KV units of full blocks (immutable from then on) and,
-for a split, weight slabs whose pages are free are copied in chunks while the instances keep
-decoding; the switch then plans again and moves only what changed.
+(`{device: CopyPages | Transform}`, gyges/protocol/commands.py), and the controller sends them,
+collects the answers while other instances keep stepping, and calls back. The instances are asked
+through the methods of `Member`, never through their scheduler's or pool's fields. With pre-copy,
+the KV units of full blocks (immutable from then on) and, for a split, weight slabs whose pages are
+free are copied in chunks while the instances keep decoding; the switch then plans again and moves
+only what changed.
 """
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from gyges.transform.plan import (Move, Placed, SeqKV, TransformError, TransformPlan, Units,
-                                  owner_of, pages_array, plan_merge, plan_split)
-from gyges.worker.commands import CopyDone, CopyPages, Transform
+from gyges.engine.sequence import Sequence
+from gyges.protocol.answers import CopyDone, TransformStats
+from gyges.protocol.commands import CopyPages, Move, Transform
+from gyges.transform.plan import (Placed, SeqKV, TransformError, TransformPlan, Units, owner_of, pages_array,
+                                  plan_merge, plan_split)
 
 FIRST_CHUNK_BYTES = 8 << 20  # the first pre-copy chunk, before the copy rate is known
 PRECOPY_STEP_SHARE = 0.25    # a chunk runs between two steps of the instances involved: it may add this share
@@ -37,6 +43,20 @@ def chunk_budget(step_s: float, bytes_per_s: float) -> int:
     return max(int(PRECOPY_STEP_SHARE * step_s * bytes_per_s), 1)
 
 
+class Member(Protocol):
+    """What a transformation asks of an instance taking part in it, or formed by it."""
+    devices: list[int]
+
+    def running(self) -> list[Sequence]: ...
+    def waiting(self) -> list[Sequence]: ...
+    def free_pages(self) -> dict[int, np.ndarray]: ...
+    def reserve(self, pages: dict[int, np.ndarray]) -> None: ...
+    def give_back(self, pages: dict[int, np.ndarray]) -> None: ...
+    def adopt(self, seq: Sequence) -> None: ...
+    def add(self, seq: Sequence) -> None: ...
+    def load_tokens(self) -> int: ...
+
+
 @dataclass
 class TransformReport:
     kind: str
@@ -46,24 +66,22 @@ class TransformReport:
     kv_units_moved: int
     kv_bytes: int
     weight_bytes: int
-    worker_stats: dict[int, dict] = field(default_factory=dict)
+    worker_stats: dict[int, TransformStats] = field(default_factory=dict)
     plan: TransformPlan | None = None
     precopy_bytes: int = 0
     precopy_s: float = 0.0
     switch_s: float = 0.0   # from the switch's commands to the new instances installed
 
 
-def _snapshot(instances) -> tuple[list[SeqKV], dict[int, list[int]]]:
+def _snapshot(instances: list[Member]) -> tuple[list[SeqKV], dict[int, np.ndarray]]:
     seqs, free = [], {}
     for i, inst in enumerate(instances):
-        for s in inst.scheduler.running:
-            seqs.append(SeqKV(s.id, i, s.pages))
-        for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-            free[d] = pages.free_pages()
+        seqs += [SeqKV(s.id, i, s.pages) for s in inst.running()]
+        free |= inst.free_pages()
     return seqs, free
 
 
-def _plan(layout, kind: str, old, parts: int, placed: Placed | None = None, fetched=frozenset()) -> TransformPlan:
+def _plan(layout, kind: str, old: list[Member], parts: int, placed: Placed | None = None, fetched=frozenset()) -> TransformPlan:
     seqs, free = _snapshot(old)
     if kind == "merge":
         return plan_merge(layout, [i.devices for i in old], seqs, free, placed)
@@ -108,8 +126,8 @@ class Transition:
     with the pre-copied units in place and gives each device its `Transform`; `install(stats)` returns the new instances (requests moved in) and the report.
     """
 
-    def __init__(self, layout, block_tokens: int, make_instance, kind: str, old, parts: int = 0,
-                 precopy: bool = True):
+    def __init__(self, layout, block_tokens: int, make_instance: Callable[[list[int], dict], Member], kind: str,
+                 old: list[Member], parts: int = 0, precopy: bool = True):
         self.layout, self.make_instance = layout, make_instance
         self.kind, self.old, self.parts = kind, old, parts
         self.devices = [d for i in old for d in i.devices]
@@ -136,7 +154,7 @@ class Transition:
         taken = _weight_mask(lay, [i.devices for i in self.old], self.devices)  # weights now, or reserved
         units, reserved = Units(), {d: [] for d in self.devices}
         for inst in self.old:
-            for seq in inst.scheduler.running:
+            for seq in inst.running():
                 part = tentative.instances[tentative.seq_instance[seq.id]]
                 full = seq.num_computed // block_tokens
                 for g, row in enumerate(seq.pages):
@@ -153,8 +171,8 @@ class Transition:
         if tentative.weight_moves:  # a split: which slab pages are free is a question about the whole list
             free = {d: np.zeros(lay.num_pages, dtype=bool) for d in self.devices}
             for inst in self.old:
-                for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-                    free[d][pages.free_pages()] = True
+                for d, pages in inst.free_pages().items():
+                    free[d][pages] = True
                     free[d][taken[d]] = False
             for mv in tentative.weight_moves:
                 span = slice(mv.dst_page, mv.dst_page + mv.count)
@@ -165,8 +183,7 @@ class Transition:
                     weights.append(mv)
         self.reserved = {d: np.concatenate(r) if r else pages_array([]) for d, r in reserved.items()}
         for inst in self.old:
-            for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-                pages.reserve(self.reserved[d])
+            inst.reserve(self.reserved)
         self.todo = deque(units.moves() + weights)
         self.precopy_bytes = (len(units) + sum(m.count for m in weights)) * lay.page_bytes
 
@@ -193,9 +210,9 @@ class Transition:
 
     def abort(self):
         """Give the reserved destination pages back; the old instances serve on untouched."""
+        back = {d: np.sort(pages)[::-1] for d, pages in self.reserved.items()}
         for inst in self.old:
-            for d, pages in zip(inst.devices, inst.scheduler.pool.devices):
-                pages.give(np.sort(self.reserved[d])[::-1])
+            inst.give_back(back)
 
     def switch(self) -> tuple[dict[int, Transform], int]:
         """Plan again with the pre-copied units in place: the `Transform` command for every device,
@@ -224,19 +241,19 @@ class Transition:
                 for part in plan.instances for rank, d in enumerate(part)}
         return msgs, _cross_bytes(plan.kv_moves + plan.weight_moves, self.layout.page_bytes)
 
-    def install(self, stats: dict[int, dict]) -> tuple[list, TransformReport]:
+    def install(self, stats: dict[int, TransformStats]) -> tuple[list[Member], TransformReport]:
         """The new instances, every running request in its planned place and the waiting ones spread
         by load; and the report."""
         plan = self.plan
         new = [self.make_instance(part, plan.free_after) for part in plan.instances]
-        by_id = {s.id: s for inst in self.old for s in inst.scheduler.running}
+        by_id = {s.id: s for inst in self.old for s in inst.running()}
         for sid, j in sorted(plan.seq_instance.items(), key=lambda x: x[0]):
             seq = by_id[sid]
             seq.pages = plan.seq_pages[sid]
-            new[j].scheduler.adopt_running(seq)
+            new[j].adopt(seq)
         for inst in self.old:
-            for seq in inst.scheduler.waiting:
-                min(new, key=lambda i: i.scheduler.load_tokens).scheduler.add(seq)
+            for seq in inst.waiting():
+                min(new, key=lambda i: i.load_tokens()).add(seq)
         page = self.layout.page_bytes
         now = time.perf_counter()
         report = TransformReport(self.kind, [i.devices for i in self.old], plan.instances, now - self.started,

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from gyges.transform import peer_reads
 from gyges.transform.peer_reads import PeerArenas
-from gyges.transform.plan import Move
+from gyges.protocol.commands import Move
 
 
 def run_moves(pages: torch.Tensor, device: int, moves: list[tuple[int, Move]], peers: PeerArenas | None = None) -> int:

@@ -6,25 +6,15 @@ before the transformation (plus, for a merge, the weight pages it frees), so exe
 needs no memory beyond each device's arena.
 """
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
 from gyges.memory.layout import DeviceLayout, head_groups, units_per_block
+from gyges.protocol.commands import Move
 
 
 class TransformError(ValueError):
     """A transformation that cannot be done; nothing was changed."""
-
-
-class Move(NamedTuple):
-    """`count` consecutive pages from `src_page` on `src` to `dst_page` on `dst`. A named tuple, not
-    a dataclass: a plan makes thousands in the loop's thread (a frozen dataclass costs 4x as much)."""
-    src: int
-    dst: int
-    src_page: int
-    dst_page: int
-    count: int = 1
 
 
 @dataclass(frozen=True)

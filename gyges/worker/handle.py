@@ -3,23 +3,24 @@ import logging
 import multiprocessing as mp
 from multiprocessing import connection as mp_connection
 
-from gyges.worker.commands import Command, Shutdown
-from gyges.worker.errors import WorkerError
-from gyges.worker.worker import WorkerSpec, worker_main
+from gyges.protocol.answers import DeviceInfo, WorkerError
+from gyges.protocol.commands import Command, Shutdown
+from gyges.worker.worker import Worker, WorkerSpec, worker_main
 
 log = logging.getLogger("gyges")
 
 
 class WorkerHandle:
-    def __init__(self, ctx, rank: int, spec: WorkerSpec):
+    def __init__(self, ctx, rank: int, spec: WorkerSpec, worker_class: type[Worker] = Worker):
         self.rank = rank
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=worker_main, args=(rank, spec, child), daemon=True, name=f"gyges-worker-{rank}")
+        self.proc = ctx.Process(target=worker_main, args=(rank, spec, child, worker_class), daemon=True,
+                                name=f"gyges-worker-{rank}")
         self.proc.start()
         child.close()
 
     def send(self, msg: Command):
-        """Send a declared command (gyges/worker/commands.py); the answer comes with `recv`."""
+        """Send a declared command (gyges/protocol/commands.py); the answer comes with `recv`."""
         if not isinstance(msg, Command):
             raise TypeError(f"workers take Command messages, not {type(msg).__name__}")
         try:
@@ -90,16 +91,15 @@ def spawn_context():
     return mp.get_context("spawn")
 
 
-def fallbacks(infos: list[dict]) -> list[str]:
-    """One line per fast path that is off on some device, with its reason (from `Worker.info`)."""
-    out = []
-    for key, what in (("kernels", "C kernels off, PyTorch path"), ("peer_reads", "peer reads off, moves through gloo")):
-        reasons = sorted({i[f"{key}_reason"] for i in infos if not i[key]})
-        out += [f"{what}: {why}" for why in reasons]
-    return out
+def fallbacks(infos: list[DeviceInfo]) -> list[str]:
+    """One line per fast path that is off on some device, with its reason."""
+    kernels = sorted({i.kernels_reason for i in infos if not i.kernels})
+    peer_reads = sorted({i.peer_reads_reason for i in infos if not i.peer_reads})
+    return ([f"C kernels off, PyTorch path: {why}" for why in kernels]
+            + [f"peer reads off, moves through gloo: {why}" for why in peer_reads])
 
 
-def log_fallbacks(infos: list[dict]):
+def log_fallbacks(infos: list[DeviceInfo]):
     """Say once, in the start-up log, which fast paths the workers fell back from and why."""
     for line in fallbacks(infos):
         log.warning(line)

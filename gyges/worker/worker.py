@@ -1,10 +1,9 @@
 """The process of one device: its arena, its model shard, and a loop over controller commands.
 
-Commands arrive over a pipe as declared messages (gyges/worker/commands.py: numpy arrays of ids,
+Commands arrive over a pipe as declared messages (gyges/protocol/commands.py: numpy arrays of ids,
 never weight or KV tensors); anything else is refused. Collectives between workers go through
 torch.distributed groups made at start-up, on loopback only.
 """
-import importlib
 import os
 import socket
 import time
@@ -16,7 +15,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gyges.engine.batch import StepInput
 from gyges.engine.sampler import sample, token_logprobs
 from gyges.heap import freeze_heap
 from gyges.kernels import packed
@@ -24,17 +22,17 @@ from gyges.kernels.build import unavailable_reason
 from gyges.kernels.shm_allreduce import ShmAllReduce, segment_path
 from gyges.memory.arena import Arena
 from gyges.memory.layout import device_layout, head_groups
-from gyges.model.attention import AttentionMeta, PrefillSeq
-from gyges.model.llama import ForwardBatch, LlamaShard
+from gyges.layers.attention import AttentionMeta, PrefillSeq
+from gyges.layers.llama import ForwardBatch, LlamaShard
 from gyges.model.loader import LazyWeights, load_config
+from gyges.protocol.answers import CopyDone, DeviceInfo, StepResult, TransformStats
+from gyges.protocol.commands import Command, CopyPages, Info, Shutdown, Step, StepInput, Transform
 from gyges.transform import peer_reads
 from gyges.transform.execute import run_moves
 from gyges.transform.peer_reads import PeerArenas
-from gyges.worker.commands import Command, CopyDone, CopyPages, Info, Shutdown, Step, Transform
 from gyges.worker.rss import peak_rss, reset_peak_rss
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-WORKER_CLASS_ENV = "GYGES_WORKER_CLASS"  # "module:Class", a Worker subclass that declares more commands
 RENDEZVOUS_TIMEOUT = timedelta(seconds=300)
 
 
@@ -47,13 +45,14 @@ class WorkerSpec:
     max_tp: int
     block_tokens: int
     world_size: int
-    master_port: int
     threads: int
-    layout: tuple[int, ...]  # instance sizes at start-up, in device order (aligned groups)
     cpu_kernels: bool = True
+    peer_reads: bool = True  # CPU: moves read peers' arenas directly (gyges/transform/peer_reads.py)
+    # set by the executor at each start
+    master_port: int = 0
+    layout: tuple[int, ...] = ()  # instance sizes at start-up, in device order (aligned groups)
     shm_prefix: str | None = None  # shared-memory all-reduce segments (gyges/kernels/shm_allreduce.py)
     shm_slot_bytes: int = 0
-    peer_reads: bool = True  # CPU: moves read peers' arenas directly (gyges/transform/peer_reads.py)
 
 
 def aligned_groups(world_size: int, max_tp: int) -> list[tuple[int, int]]:
@@ -175,11 +174,9 @@ class Worker:
         """Serve as rank `rank` of the TP-`tp` instance on the aligned group starting at `group_start`."""
         self.model.bind(tp, rank, self.groups.get((group_start, tp)), self.comms.get((group_start, tp)))
 
-    def transform(self, t: Transform) -> dict:
+    def transform(self, t: Transform) -> TransformStats:
         """This device's part of a merge or split: KV units first (they vacate pages the weights
-        need), then weight slabs, then serve at the new degree. Phases start and end with
-        `time.monotonic()` stamps (one clock for every process of the host), so a phase's wall time
-        is max(end) - min(start) over the devices; `kv_s` and `weight_s` are this device's share."""
+        need), then weight slabs, then serve at the new degree."""
         rss_before = reset_peak_rss()  # before the barrier: /proc I/O after it staggers the starts
         self.barrier(t.involved)
         kv_start = time.monotonic()
@@ -195,10 +192,8 @@ class Worker:
         self.barrier(t.involved)  # peers may still be reading this device's pages; a step would overwrite them
         self.bind(t.tp, t.rank, t.group_start)
         peak = peak_rss()
-        return {"kv_bytes_sent": kv_sent, "kv_s": kv_end - kv_start, "kv_start": kv_start, "kv_end": kv_end,
-                "weight_bytes_sent": weight_sent, "weight_s": weight_end - weight_start,
-                "weight_start": weight_start, "weight_end": weight_end,
-                "peak_extra_bytes": None if rss_before is None or peak is None else max(0, peak - rss_before)}
+        return TransformStats(kv_sent, kv_start, kv_end, weight_sent, weight_start, weight_end,
+                              None if rss_before is None or peak is None else max(0, peak - rss_before))
 
     def barrier(self, group: tuple[int, int]):
         """Wait for every device of the aligned group (start, size) (or of the world when (0, world
@@ -214,7 +209,7 @@ class Worker:
     def _tensor(self, a) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device)
 
-    def step(self, s: StepInput):
+    def step(self, s: StepInput) -> StepResult | None:
         t = self._tensor
         meta = AttentionMeta(
             slot_pages=t(s.slot_pages), slot_offsets=t(s.slot_offsets), decode_rows=t(s.decode_rows),
@@ -227,10 +222,10 @@ class Worker:
         if not driver:
             return None
         if logits is None:
-            return [], None, None
+            return StepResult([])
         logits = logits.cpu()
         tokens = sample(logits, s.samples)
-        return tokens, (logits.numpy() if s.want_logits else None), token_logprobs(logits, s.samples, tokens)
+        return StepResult(tokens, logits.numpy() if s.want_logits else None, token_logprobs(logits, s.samples, tokens))
 
     def precopy(self, moves: list) -> CopyDone:
         t0 = time.perf_counter()
@@ -241,12 +236,10 @@ class Worker:
         """Move page runs (tagged by plan index) arena to arena; returns the bytes that leave this device."""
         return run_moves(self.arena.pages, self.rank, moves, self.peers)
 
-    def info(self) -> dict:
-        """Layout, and each fast path with the reason it is off ("" when on) for the start-up log."""
+    def info(self) -> DeviceInfo:
         lay = self.arena.layout
-        return {"num_pages": lay.num_pages, "page_bytes": lay.page_bytes, "pid": os.getpid(),
-                "kernels": not self.kernels_reason, "kernels_reason": self.kernels_reason,
-                "peer_reads": self.peers is not None, "peer_reads_reason": self.peer_reads_reason}
+        return DeviceInfo(lay.num_pages, lay.page_bytes, os.getpid(), not self.kernels_reason, self.kernels_reason,
+                          self.peers is not None, self.peer_reads_reason)
 
     def handle(self, msg: Command):
         """Run a declared command; anything else is refused."""
@@ -257,22 +250,11 @@ class Worker:
         return handler(self, msg)
 
 
-def worker_class() -> type[Worker]:
-    """The Worker class named by $GYGES_WORKER_CLASS ("module:Class"; benchmarks and tests declare
-    their extra commands in subclasses), else Worker."""
-    name = os.environ.get(WORKER_CLASS_ENV)
-    if not name:
-        return Worker
-    module, _, attr = name.partition(":")
-    cls = getattr(importlib.import_module(module), attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, Worker)):
-        raise TypeError(f"${WORKER_CLASS_ENV}={name!r} does not name a Worker subclass")
-    return cls
-
-
-def worker_main(rank: int, spec: WorkerSpec, conn):
+def worker_main(rank: int, spec: WorkerSpec, conn, worker_class: type[Worker] = Worker):
+    """The process's body: build the worker (of `worker_class`: tests and benchmarks pass subclasses
+    that declare more commands), answer its info, then one answer per command until Shutdown."""
     try:
-        worker = worker_class()(rank, spec)
+        worker = worker_class(rank, spec)
         freeze_heap()
         conn.send(("ok", worker.info()))
     except BaseException:

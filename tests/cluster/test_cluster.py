@@ -6,12 +6,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gyges.cluster.cluster import Cluster, Output
+from gyges.cluster.cluster import Cluster
 from gyges.cluster.config import ClusterConfig
+from gyges.engine.admission import RequestError
 from gyges.engine.sequence import SamplingParams
 from gyges.memory.layout import device_layout
 from gyges.model.config import ModelConfig, ModelError
-from gyges.worker.handle import WorkerError
+from gyges.protocol.answers import WorkerError
 from tests.reference import check_against_reference
 
 
@@ -28,7 +29,7 @@ def test_preemption_under_kv_pressure_still_completes_every_request_correctly(ti
         seqs = [cluster.add_request(p, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)) for p in prompts]
         while cluster.has_work:
             cluster.step()
-        outs = [Output(s.prompt_ids, s.output_ids, "", s.finish_reason, s.error, cluster.logits[s.id]) for s in seqs]
+        outs = [cluster.output(s) for s in seqs]
     assert sum(s.num_preemptions for s in seqs) > 0, "the test must actually preempt"
     assert all(len(o.token_ids) == 12 and o.finish_reason == "length" for o in outs)
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
@@ -74,10 +75,10 @@ def test_bad_input_gives_clear_errors_and_leaves_no_workers(tiny_llama, tmp_path
     with pytest.raises(ModelError, match="needs at least"):
         Cluster(ClusterConfig(model=str(tiny_llama), device_memory="64KiB"))
     with Cluster(ClusterConfig(model=str(tiny_llama), dtype="float32", device_memory="32MiB")) as c:
-        with pytest.raises(ValueError, match="context is 1024 tokens"):
-            c.add_request(list(range(3, 1003)), SamplingParams(max_tokens=100))
-        with pytest.raises(ValueError, match="max_tokens"):
-            SamplingParams(max_tokens=0)
+        with pytest.raises(RequestError, match="maximum context length is 1024 tokens"):
+            c.add_request([5] * 1000, SamplingParams(max_tokens=100))
+        with pytest.raises(RequestError, match="max_tokens must be at least 1"):
+            c.add_request([5, 6], SamplingParams(max_tokens=0))
         assert c.generate([[5, 6]], SamplingParams(max_tokens=2))[0].error is None  # still serving
     assert no_workers_left()
 

@@ -4,25 +4,22 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gyges.cluster.cluster import Cluster, Output
+from gyges.cluster.cluster import Cluster
 from gyges.cluster.config import ClusterConfig
-from gyges.cluster.controller import MAX_FAILURES, Controller, ControllerConfig
+from gyges.cluster.controller import Controller, ControllerConfig
+from gyges.cluster.recovery import MAX_FAILURES
 from gyges.engine.sequence import SamplingParams, Sequence
 from gyges.memory.layout import device_layout
 from gyges.model.config import ModelConfig
 from gyges.policy.policy import StaticPolicy
+from gyges.protocol.answers import WorkerError
 from gyges.transform.plan import TransformError
-from gyges.worker.handle import WorkerError
 from tests.reference import check_against_reference
-from tests.worker.extension import FailNextMove
+from tests.worker.extension import FailNextMove, TestingWorker
 
 
 def greedy(n: int) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
-
-
-def outputs(c, seqs) -> list[Output]:
-    return [Output(s.prompt_ids, s.output_ids, "", s.finish_reason, s.error, c.logits.get(s.id, [])) for s in seqs]
 
 
 def reference(model):
@@ -47,7 +44,7 @@ def test_a_crash_after_a_merge_restarts_in_the_merged_layout_and_the_long_reques
             c.step()
         assert [i.devices for i in c.instances] == [[0, 1], [2], [3]]
         assert "exited" in c.failures[0]
-        outs = outputs(c, [long, short])
+        outs = [c.output(s) for s in (long, short)]
     assert all(o.error is None and len(o.token_ids) == 12 for o in outs)
     check_against_reference(reference(tiny_llama), outs)
 
@@ -58,7 +55,7 @@ PROMPTS = [[(i * 13 + j * 7) % 500 + 3 for j in range(20 + i * 9)] for i in rang
 def test_a_crash_during_precopy_requeues_and_everything_completes(tiny_llama):
     cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=1, max_tp=2, dtype="float32", device_memory="32MiB",
                         block_tokens=4)
-    with Cluster(cfg, record_logits=True) as c:
+    with Cluster(cfg, record_logits=True, worker_class=TestingWorker) as c:
         seqs = [c.add_request(p, greedy(16)) for p in PROMPTS]
         for _ in range(3):
             c.step()
@@ -68,7 +65,7 @@ def test_a_crash_during_precopy_requeues_and_everything_completes(tiny_llama):
         while c.has_work:
             c.step()
         assert "injected fault" in c.failures[0] and [i.devices for i in c.instances] == [[0], [1]]
-        outs = outputs(c, seqs)
+        outs = [c.output(s) for s in seqs]
     assert all(o.error is None and len(o.token_ids) == 16 for o in outs)
     check_against_reference(reference(tiny_llama), outs)
 
@@ -76,7 +73,7 @@ def test_a_crash_during_precopy_requeues_and_everything_completes(tiny_llama):
 def test_a_crash_during_a_split_keeps_the_merged_instance(tiny_llama):
     cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=2, max_tp=2, dtype="float32", device_memory="32MiB",
                         block_tokens=4)
-    with Cluster(cfg, record_logits=True) as c:
+    with Cluster(cfg, record_logits=True, worker_class=TestingWorker) as c:
         seqs = [c.add_request(p, greedy(16)) for p in PROMPTS]
         for _ in range(3):
             c.step()
@@ -86,7 +83,7 @@ def test_a_crash_during_a_split_keeps_the_merged_instance(tiny_llama):
         assert [i.devices for i in c.instances] == [[0, 1]]
         while c.has_work:
             c.step()
-        outs = outputs(c, seqs)
+        outs = [c.output(s) for s in seqs]
     assert all(o.error is None and len(o.token_ids) == 16 for o in outs)
     check_against_reference(reference(tiny_llama), outs)
 
@@ -106,7 +103,10 @@ class DyingBackend:
     def check_alive(self):
         pass
 
-    def launch_step(self, key, instance, batch):
+    def launch_step(self, key, devices, batch, steps=1):
+        pass
+
+    def cut(self, devices):
         pass
 
     def wait(self, until):
@@ -118,7 +118,7 @@ def test_gives_up_after_more_than_max_failures_within_the_window(tiny_llama):
     lay = device_layout(ModelConfig.from_hf(tiny_llama), 1, 4, 4, 32 << 20)
     restarts, ended = [], []
     ctl = Controller(DyingBackend(), lay, ControllerConfig(1, 4, 8, 64), StaticPolicy(), {2}, [1],
-                     lambda seq, toks, lp: ended.append(seq) if seq.finished else None,
+                     lambda seq, toks, lp, logits: ended.append(seq) if seq.finished else None,
                      restart=lambda sizes: restarts.append(sizes) or DyingBackend())
     seq = Sequence([5, 6, 7], greedy(4))
     ctl.submit(seq)
@@ -128,4 +128,4 @@ def test_gives_up_after_more_than_max_failures_within_the_window(tiny_llama):
     with pytest.raises(WorkerError, match="gave up"):
         ctl.run_once()
     assert ctl.down and ended == [seq] and seq.finish_reason == "error" and "gave up" in seq.error
-    assert len(ctl.failures) == MAX_FAILURES + 1
+    assert len(ctl.recovery.failures) == MAX_FAILURES + 1

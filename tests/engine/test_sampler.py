@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from gyges.engine.batch import SampleSpec, sample_spec
+from gyges.engine.batch import sample_spec
+from gyges.protocol.commands import SampleSpec
 from gyges.engine.sampler import apply_penalties, filter_logits, sample, token_logprobs
 from gyges.engine.sequence import SamplingParams, Sequence
 
@@ -104,18 +105,3 @@ def test_logprobs_are_raw_model_logprobs_with_rank_and_top():
     zero = token_logprobs(logits, [spec(t=0, logprobs=0)] * 2, [1, 3])
     assert zero[0].top == [] and zero[0].rank == 1 and zero[1].rank == 1  # ties share the best rank
     assert token_logprobs(logits, [spec(), spec()], [0, 0]) is None
-
-
-@pytest.mark.parametrize("kw, msg", [
-    (dict(min_tokens=-1), "min_tokens"), (dict(max_tokens=4, min_tokens=5), "must not exceed"),
-    (dict(presence_penalty=2.5), "presence_penalty"), (dict(frequency_penalty=-3), "frequency_penalty"),
-    (dict(repetition_penalty=0), "repetition_penalty"), (dict(logprobs=21), "logprobs"),
-    (dict(logprobs=-1), "logprobs"), (dict(stop_token_ids=[-1]), "stop_token_ids"), (dict(stop=[""]), "stop"),
-    (dict(max_tokens=0), "max_tokens")])
-def test_sampling_params_reject_bad_values_with_the_field_name(kw, msg):
-    with pytest.raises(ValueError, match=msg):
-        SamplingParams(**kw)
-
-
-def test_sampling_params_without_max_tokens_is_allowed():
-    assert SamplingParams(max_tokens=None, min_tokens=100).max_tokens is None

@@ -7,7 +7,7 @@ from gyges.engine.sequence import SamplingParams, Sequence, Status
 
 
 def make(pages=16, tp=1, max_tp=1, budget=8, block=4, max_seqs=8, long_prefill=0):
-    pool = KVPool([DevicePages(list(range(pages))) for _ in range(tp)], max_tp, block)
+    pool = KVPool(list(range(tp)), [DevicePages(list(range(pages))) for _ in range(tp)], max_tp, block)
     return Scheduler(pool, max_seqs, budget, long_prefill)
 
 
@@ -116,9 +116,9 @@ def test_tp_instance_takes_pages_for_its_head_groups_on_every_device():
     sched.add(s)
     sched.schedule()
     assert len(s.pages) == 4 and all(len(g) == 2 for g in s.pages)  # 4 head groups, 2 blocks
-    assert [d.num_free for d in sched.pool.devices] == [4, 4]  # each device: 2 groups x 2 blocks
+    assert [round(u, 2) for u in sched.pool.usage().values()] == [0.5, 0.5]  # each device: 2 groups x 2 blocks
     sched.finish(s, "stop")
-    assert [d.num_free for d in sched.pool.devices] == [8, 8]
+    assert list(sched.pool.usage().values()) == [0.0, 0.0]
 
 
 def test_without_admit_only_running_requests_step():

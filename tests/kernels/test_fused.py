@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from gyges.kernels import fused
 from gyges.kernels.build import library
-from gyges.model.llama import rms_norm
-from gyges.model.rope import apply_rotary
+from gyges.layers.llama import rms_norm
+from gyges.layers.rope import apply_rotary
 
 pytestmark = pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
 

@@ -4,7 +4,7 @@ import torch
 
 from gyges.kernels.build import library
 from gyges.kernels.paged_decode import decode_attention, usable
-from gyges.model.attention import AttentionMeta, _decode
+from gyges.layers.attention import AttentionMeta, _decode
 
 pytestmark = pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
 

@@ -13,7 +13,7 @@ from gyges.cluster.config import ClusterConfig
 from gyges.kernels.build import library
 from gyges.kernels.shm_allreduce import (SHM_DIR, ShmAllReduce, create_segments, remove_segments,
                                          remove_stale_segments, segment_path, segment_prefix)
-from tests.worker.extension import UsesShm
+from tests.worker.extension import TestingWorker, UsesShm
 
 needs_kernels = pytest.mark.skipif(library() is None, reason="needs gcc and a CPU with AVX512-BF16")
 CASES = [(torch.float32, 37), (torch.bfloat16, 1000), (torch.bfloat16, 32 * 576), (torch.float32, 4096)]
@@ -74,7 +74,7 @@ def test_missing_peer_raises_instead_of_hanging():
 def test_cluster_removes_its_segment_files(tiny_llama):
     before = set(SHM_DIR.iterdir())
     cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=2, dtype="float32", device_memory="32MiB", block_tokens=4)
-    with Cluster(cfg) as cluster:
+    with Cluster(cfg, worker_class=TestingWorker) as cluster:
         assert not [p for p in set(SHM_DIR.iterdir()) - before if p.name.startswith("gyges-")]
         assert cluster.workers[0].call(UsesShm())
     assert not [p for p in set(SHM_DIR.iterdir()) - before if p.name.startswith("gyges-")]

@@ -1,5 +1,4 @@
-"""Server test fixtures: the embedded SmolLM2 tokenizer (byte-level BPE), and a real `gyges serve`
-process on a tiny model, shared by the HTTP tests."""
+"""Server test fixtures: a real `gyges serve` process on a tiny model, shared by the HTTP tests."""
 import os
 import signal
 import socket
@@ -17,12 +16,6 @@ from tests.conftest import make_tiny_model
 API_KEY = "test-key"
 # word-level tiny tokenizer: a chat template of our own (the --chat-template flag)
 CHAT_TEMPLATE = "{% for m in messages %}w10 {{ m['content'] }} w11 {% endfor %}{% if add_generation_prompt %}w12{% endif %}"
-
-
-@pytest.fixture(scope="session")
-def smol_tokenizer():
-    from gyges.model.loader import load_tokenizer, resolve_model
-    return load_tokenizer(resolve_model(None))
 
 
 def free_port() -> int:

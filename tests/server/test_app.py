@@ -1,16 +1,16 @@
-"""The HTTP layer against a fake engine: formats, streaming, stop strings, errors, auth, metrics."""
+"""The HTTP layer against a fake cluster: formats, streaming, stop strings, errors, auth, metrics."""
 import json
 
 import pytest
 from fastapi.testclient import TestClient
 
 from gyges.server.app import ServerSettings, build_app
-from tests.server.fake_engine import SCRIPT, FakeEngine
+from tests.server.fake_cluster import SCRIPT, FakeCluster
 
 
-def client(tok, **kw) -> tuple[TestClient, FakeEngine]:
-    engine = FakeEngine(tok, **{k: kw.pop(k) for k in list(kw) if k in ("delay_s", "queue_full", "down")})
-    return TestClient(build_app(engine, ServerSettings("fake", **kw))), engine
+def client(tok, **kw) -> tuple[TestClient, FakeCluster]:
+    cluster = FakeCluster(tok, **{k: kw.pop(k) for k in list(kw) if k in ("delay_s", "queue_full", "down")})
+    return TestClient(build_app(cluster, ServerSettings("fake", **kw))), cluster
 
 
 def sse(resp) -> list:
@@ -25,7 +25,7 @@ def app(smol_tokenizer):
 
 
 def test_completion_text_usage_and_batched_prompts_with_n(app, smol_tokenizer):
-    c, engine = app
+    c, cluster = app
     script = smol_tokenizer.encode(SCRIPT, add_special_tokens=False)
     r = c.post("/v1/completions", json={"model": "fake", "prompt": "Hi there", "max_tokens": 5}).json()
     assert r["object"] == "text_completion" and r["choices"][0]["text"] == smol_tokenizer.decode(script[:5])
@@ -34,8 +34,8 @@ def test_completion_text_usage_and_batched_prompts_with_n(app, smol_tokenizer):
     r = c.post("/v1/completions", json={"prompt": [[5, 6, 7], [8]], "max_tokens": 2, "n": 2, "seed": 3}).json()
     assert [ch["index"] for ch in r["choices"]] == [0, 1, 2, 3]
     assert r["usage"]["prompt_tokens"] == 4 and r["usage"]["completion_tokens"] == 8
-    seeds = [p.seed for _, _, p in engine.submitted[-4:]]
-    assert seeds == [3, 4, 3, 4] and [ids for _, ids, _ in engine.submitted[-4:]] == [[5, 6, 7]] * 2 + [[8]] * 2
+    seeds = [p.seed for _, _, p in cluster.submitted[-4:]]
+    assert seeds == [3, 4, 3, 4] and [ids for _, ids, _ in cluster.submitted[-4:]] == [[5, 6, 7]] * 2 + [[8]] * 2
 
 
 def test_streaming_ends_with_done_and_a_usage_chunk(app, smol_tokenizer):
@@ -51,7 +51,7 @@ def test_streaming_ends_with_done_and_a_usage_chunk(app, smol_tokenizer):
 
 
 def test_stop_string_cuts_the_text_and_aborts_the_request(app):
-    c, engine = app
+    c, cluster = app
     for stream in (False, True):
         r = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 40, "stop": ["END", "zzz"], "stream": stream})
         if stream:
@@ -62,7 +62,7 @@ def test_stop_string_cuts_the_text_and_aborts_the_request(app):
         else:
             text, reason = r.json()["choices"][0]["text"], r.json()["choices"][0]["finish_reason"]
         assert text == SCRIPT[:SCRIPT.index("END")] and reason == "stop"
-        assert engine.submitted[-1][0] in engine.aborted
+        assert cluster.submitted[-1][0] in cluster.aborted
 
 
 def test_completion_logprobs(app):
@@ -75,12 +75,12 @@ def test_completion_logprobs(app):
 
 
 def test_chat_applies_the_template_and_streams_role_then_content(app, smol_tokenizer):
-    c, engine = app
+    c, cluster = app
     msgs = [{"role": "user", "content": "What is 2+2?"}]
     r = c.post("/v1/chat/completions", json={"messages": msgs, "max_completion_tokens": 3, "logprobs": True,
                                              "top_logprobs": 1}).json()
     want = smol_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    assert engine.submitted[-1][1] == smol_tokenizer.encode(want, add_special_tokens=False)
+    assert cluster.submitted[-1][1] == smol_tokenizer.encode(want, add_special_tokens=False)
     ch = r["choices"][0]
     assert r["object"] == "chat.completion" and ch["message"]["role"] == "assistant"
     assert len(ch["logprobs"]["content"]) == 3 and len(ch["logprobs"]["content"][0]["top_logprobs"]) == 1
@@ -145,9 +145,16 @@ def test_operator_endpoints_are_off_without_a_key_unless_enabled(smol_tokenizer)
     assert c.get("/v1/cluster").json()["devices"] == 2
 
 
-def test_metrics_have_vllm_names_and_engine_state(app):
-    c, _ = app
+def transformation(kind: str, duration_s: float, stall_s: float):
+    from types import SimpleNamespace
+    return SimpleNamespace(report=SimpleNamespace(kind=kind), duration_s=duration_s, stall_s=stall_s)
+
+
+def test_metrics_have_vllm_names_and_cluster_state(app):
+    c, cluster = app
     c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3})
+    for fn in cluster.watchers:
+        fn(transformation("merge", 0.3, 0.02))
     text = c.get("/metrics").text
     for name in ("gyges:time_to_first_token_seconds_bucket", "gyges:inter_token_latency_seconds_count",
                  "gyges:e2e_request_latency_seconds_sum", 'gyges:num_requests_running{model_name="fake"} 1.0',
@@ -156,5 +163,16 @@ def test_metrics_have_vllm_names_and_engine_state(app):
                  'gyges:kv_cache_usage_perc{device="1",model_name="fake"} 0.25',
                  'gyges:instances{model_name="fake",tp="1"} 2.0',
                  'gyges:transformation_duration_seconds_count{kind="merge",model_name="fake"} 1.0',
-                 'gyges:transformation_stall_seconds_sum{kind="merge",model_name="fake"} 0.02'):
+                 'gyges:transformation_stall_seconds_sum{kind="merge",model_name="fake"} 0.02',
+                 'gyges:transformation_duration_seconds_count{kind="split",model_name="fake"} 0.0'):
         assert name in text, name
+
+
+def test_transformation_counters_keep_rising_past_any_history_length(smol_tokenizer):
+    c, cluster = client(smol_tokenizer)
+    for i in range(250):
+        for fn in cluster.watchers:
+            fn(transformation("split", 0.01 * (i % 3), 0.001))
+    text = c.get("/metrics").text
+    assert 'gyges:transformation_duration_seconds_count{kind="split",model_name="fake"} 250.0' in text
+    assert 'gyges:transformation_duration_seconds_bucket{kind="split",le="0.01",model_name="fake"} 167.0' in text

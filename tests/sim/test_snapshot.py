@@ -2,6 +2,7 @@
 queueing and merges (the cache is dropped wherever an instance's requests change)."""
 from gyges.bench.traces import TraceRequest
 from gyges.cluster.controller import Controller, ControllerConfig
+from gyges.cluster.views import Views
 from gyges.engine.sequence import SamplingParams, Sequence
 from gyges.policy.policy import GygesPolicy
 from gyges.sim.backend import TOKEN, SimBackend
@@ -17,10 +18,14 @@ class Checked:
         self.inner, self.ctl, self.checked = inner, None, 0
 
     def decide(self, snap, event):
-        self.ctl._views.clear()
-        assert self.ctl.snapshot() == snap
+        c = self.ctl
+        fresh = Views(c.instances, c.transitions, c.recovery, c.cfg.host_devices).snapshot(c.backend.now(), c.held)
+        assert fresh == snap
         self.checked += 1
         return self.inner.decide(snap, event)
+
+    def limit(self, snap):
+        return self.inner.limit(snap)
 
 
 def test_cached_snapshot_equals_a_fresh_one():
@@ -37,4 +42,4 @@ def test_cached_snapshot_equals_a_fresh_one():
         ctl.submit(Sequence([TOKEN] * r.input_len, SamplingParams(max_tokens=r.output_len, ignore_eos=True)))
     while ctl.has_work:
         ctl.run_once(None)
-    assert ctl.history and policy.checked > len(trace)
+    assert ctl.transitions.history and policy.checked > len(trace)

@@ -5,29 +5,26 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gyges.cluster.cluster import Cluster, Output
+from gyges.cluster.cluster import Cluster, ServedModel
 from gyges.cluster.config import ClusterConfig
-from gyges.cluster.engine import ServeConfig, make_policy
+from gyges.cluster.serving import ServeConfig, serving_policy
+from gyges.engine.admission import RequestError
 from gyges.engine.sequence import SamplingParams
 from gyges.kernels.build import library, unavailable_reason
 from gyges.memory.layout import device_layout
 from gyges.model.config import ModelConfig
 from gyges.transform.coordinator import FIRST_CHUNK_BYTES, _take, chunk_budget
 from gyges.transform.plan import Move, TransformError
-from gyges.worker.commands import Transform
+from gyges.protocol.commands import Transform
 from gyges.worker.handle import recv_all
 from tests.reference import check_against_reference
 from tests.transform.test_peer_reads import yama_forbids
 from tests.conftest import make_tiny_model
-from tests.worker.extension import FailNextMove, KernelsInUse
+from tests.worker.extension import FailNextMove, KernelsInUse, TestingWorker
 
 TINY_PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [100, 200], list(range(3, 23))]
 # process overhead a transformation may add outside the arena (gloo's first connection, Python objects)
 RSS_SLACK = 1 << 20
-
-
-def outputs(cluster, seqs):
-    return [Output(s.prompt_ids, s.output_ids, "", s.finish_reason, s.error, cluster.logits.get(s.id, [])) for s in seqs]
 
 
 @pytest.mark.parametrize("peer_reads", [True, False], ids=["peer-reads", "gloo"])
@@ -39,7 +36,7 @@ def test_merge_to_tp2_and_tp4_then_split_back_while_requests_decode(tiny_llama, 
                 13: ("split", 0), 17: ("split", 0), 20: ("split", 2)}
     shapes, peaks = [], [0]
     with Cluster(cfg, record_logits=True) as c:
-        assert all(w["peer_reads"] == (peer_reads and not yama_forbids()) for w in c.worker_info)
+        assert all(w.peer_reads == (peer_reads and not yama_forbids()) for w in c.worker_info)
         seqs = [c.add_request(p, SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)) for p in prompts]
         step = 0
         while c.has_work:
@@ -52,10 +49,10 @@ def test_merge_to_tp2_and_tp4_then_split_back_while_requests_decode(tiny_llama, 
                 assert sum(len(i.scheduler.running) for i in c.instances) == running  # nobody dropped
                 assert report.kv_units_moved > 0
                 for d, st in report.worker_stats.items():
-                    assert st["peak_extra_bytes"] is None or st["peak_extra_bytes"] <= RSS_SLACK, (d, st)
-                    peaks.append(st["peak_extra_bytes"] or 0)
+                    assert st.peak_extra_bytes is None or st.peak_extra_bytes <= RSS_SLACK, (d, st)
+                    peaks.append(st.peak_extra_bytes or 0)
                 shapes.append(sorted(i.tp for i in c.instances))
-        outs = outputs(c, seqs)
+        outs = [c.output(s) for s in seqs]
     assert shapes == [[1, 1, 2], [2, 2], [4], [2, 2], [1, 1, 2], [1, 1, 1, 1]]
     assert all(len(o.token_ids) == 30 for o in outs)
     worst = check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
@@ -73,8 +70,8 @@ def test_a_request_too_long_for_tp1_fits_after_a_merge_in_the_freed_weight_pages
         assert tp1_blocks == 60
         long = [(j * 11) % 500 + 3 for j in range((tp1_blocks + 4) * 4)]
         params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
-        failed = c.generate([long], params)[0]
-        assert failed.error and "KV tokens" in failed.error
+        with pytest.raises(RequestError, match="holds 240"):  # refused at admission: no instance holds it
+            c.add_request(long, params)
         c.merge([0, 1])
         pool = c.instances[0].scheduler.pool
         # each device gave up one of its two slabs: those pages are now KV pages, one unit a block
@@ -128,7 +125,7 @@ def test_precopy_moves_full_blocks_while_decoding_and_the_switch_moves_the_rest(
         assert [i.tp for i in c.instances] == [1, 1, 1, 1] and split.precopy_bytes > split.weight_bytes
         while c.has_work:
             c.step()
-        outs = outputs(c, seqs)
+        outs = [c.output(s) for s in seqs]
     assert all(len(o.token_ids) == 30 for o in outs)
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
 
@@ -139,8 +136,8 @@ def test_requests_that_arrive_during_a_merge_precopy_ride_along_and_complete_cor
     cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=1, max_tp=2, dtype="float32", device_memory="32MiB",
                         block_tokens=4, max_batched_tokens=64)
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
-    with Cluster(cfg, record_logits=True) as c:
-        c.controller.policy = make_policy(ServeConfig(), c)
+    model = ServedModel.load(cfg)
+    with Cluster(cfg, record_logits=True, model=model, policy=serving_policy(ServeConfig(), cfg, model)) as c:
         seqs = [c.add_request(p, params) for p in TINY_PROMPTS]
         for _ in range(3):
             c.step()
@@ -155,7 +152,7 @@ def test_requests_that_arrive_during_a_merge_precopy_ride_along_and_complete_cor
         assert c.reports[-1].kv_units_moved > 0
         while c.has_work:
             c.step()
-        outs = outputs(c, seqs + riders)
+        outs = [c.output(s) for s in seqs + riders]
     assert all(len(o.token_ids) == 24 for o in outs)
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
 
@@ -164,7 +161,7 @@ def test_a_transformation_failing_part_way_requeues_requests_and_they_complete_c
     prompts = [[(i * 13 + j * 7) % 500 + 3 for j in range(5 + i * 9)] for i in range(6)]
     cfg = ClusterConfig(model=str(tiny_llama), devices=4, tp=1, max_tp=4, dtype="float32", device_memory="32MiB",
                         block_tokens=4)
-    with Cluster(cfg, record_logits=True) as c:
+    with Cluster(cfg, record_logits=True, worker_class=TestingWorker) as c:
         seqs = [c.add_request(p, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)) for p in prompts]
         for _ in range(4):
             c.step()
@@ -174,7 +171,7 @@ def test_a_transformation_failing_part_way_requeues_requests_and_they_complete_c
         assert [i.tp for i in c.instances] == [1, 1, 1, 1] and "injected fault" in c.failures[0]
         while c.has_work:
             c.step()
-        outs = outputs(c, seqs)
+        outs = [c.output(s) for s in seqs]
     assert all(len(o.token_ids) == 20 for o in outs)
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
 
@@ -190,7 +187,7 @@ def test_every_device_takes_the_phase_barrier_even_without_weight_moves_of_its_o
         for d, w in enumerate(c.workers):
             w.send(Transform([], [fetch] if d in (0, 1) else [], 4, d, 0, (0, 4)))
         stats = recv_all(c.workers, timeout=60)
-        assert stats[1]["weight_bytes_sent"] == 0 and stats[0]["weight_bytes_sent"] == len(slab0) * c.layout.page_bytes
+        assert stats[1].weight_bytes_sent == 0 and stats[0].weight_bytes_sent == len(slab0) * c.layout.page_bytes
         outs = c.generate(TINY_PROMPTS, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
 
@@ -211,7 +208,7 @@ def test_bf16_4xtp1_to_tp2_to_tp4_and_back_with_packed_weights(tmp_path, kernels
                         block_tokens=4, max_batched_tokens=32, cpu_kernels=kernels)
     schedule = {3: ("merge", [0, 1]), 5: ("merge", [2, 3]), 7: ("merge", [0, 1, 2, 3]), 11: ("split", 0),
                 15: ("split", 0), 17: ("split", 2)}
-    with Cluster(cfg, record_logits=True) as c:
+    with Cluster(cfg, record_logits=True, worker_class=TestingWorker) as c:
         assert all(w.call(KernelsInUse()) == (kernels, kernels, kernels) for w in c.workers)
         seqs = [c.add_request(p, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)) for p in prompts]
         step, shapes = 0, []
@@ -222,7 +219,7 @@ def test_bf16_4xtp1_to_tp2_to_tp4_and_back_with_packed_weights(tmp_path, kernels
                 kind, arg = schedule[step]
                 c.merge(arg) if kind == "merge" else c.split(arg)
                 shapes.append(sorted(i.tp for i in c.instances))
-        outs = outputs(c, seqs)
+        outs = [c.output(s) for s in seqs]
     assert shapes == [[1, 1, 2], [2, 2], [4], [2, 2], [1, 1, 2], [1, 1, 1, 1]]
     assert all(o.error is None and len(o.token_ids) == 24 for o in outs)
     worst = check_against_reference(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), outs,

@@ -5,7 +5,7 @@ import torch
 
 from gyges.transform.execute import run_moves
 from gyges.transform.peer_reads import PeerArenas
-from gyges.transform.plan import Move
+from gyges.protocol.commands import Move
 
 
 def test_destination_reads_its_runs_from_peer_arenas_and_copies_local_ones():

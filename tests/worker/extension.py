@@ -1,9 +1,9 @@
-"""Test-only worker commands: fault injection and looking inside a worker. Every cluster started by
-the tests runs this subclass (tests/conftest.py sets $GYGES_WORKER_CLASS); the production worker
+"""Test-only worker commands: fault injection and looking inside a worker. Tests that send them start
+their cluster with `worker_class=TestingWorker` (the executor runs it); the production worker
 declares none of these."""
 from dataclasses import dataclass
 
-from gyges.worker.commands import Command
+from gyges.protocol.commands import Command
 from gyges.worker.worker import Worker
 
 
@@ -23,6 +23,7 @@ class UsesShm(Command):
 
 
 class TestingWorker(Worker):
+    __test__ = False  # not a test class for pytest
     HANDLERS = {**Worker.HANDLERS,
                 FailNextMove: lambda w, m: w.arm(),
                 KernelsInUse: lambda w, m: (w.arena.packed, w.model.decode_kernel, w.model.fused),

@@ -7,7 +7,6 @@ from gyges.cluster.cluster import Cluster
 from gyges.cluster.config import ClusterConfig
 from gyges.engine.sequence import SamplingParams
 from tests.reference import check_against_reference
-from tests.transform.test_coordinator import outputs
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [100, 200], list(range(3, 23))]
@@ -37,6 +36,6 @@ def test_cuda_merge_and_split_while_decoding(tiny_llama):
         c.split(0)
         while c.has_work:
             c.step()
-        outs = outputs(c, seqs)
+        outs = [c.output(s) for s in seqs]
     assert [len(o.token_ids) for o in outs] == [12] * len(PROMPTS)
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)

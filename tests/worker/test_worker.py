@@ -8,23 +8,26 @@ import pytest
 from gyges.cluster.cluster import Cluster
 from gyges.cluster.config import ClusterConfig
 from gyges.kernels import build
-from gyges.worker.commands import Info
-from gyges.worker.handle import WorkerError
-from gyges.worker.worker import WORKER_CLASS_ENV
-from tests.worker.extension import FailNextMove
+from gyges.protocol.commands import Info
+from gyges.protocol.answers import WorkerError
+from tests.worker.extension import FailNextMove, TestingWorker
 
 TINY = dict(dtype="float32", device_memory="32MiB", block_tokens=4)
 
 
-def test_only_declared_commands_run(tiny_llama, monkeypatch):
-    monkeypatch.delenv(WORKER_CLASS_ENV)  # the production worker
-    with Cluster(ClusterConfig(model=str(tiny_llama), **TINY)) as c:
+def test_only_declared_commands_run(tiny_llama):
+    with Cluster(ClusterConfig(model=str(tiny_llama), **TINY)) as c:  # the production worker
         w = c.workers[0]
         with pytest.raises(WorkerError, match="Worker refuses FailNextMove: not a declared command"):
             w.call(FailNextMove())
         with pytest.raises(TypeError, match="Command messages, not str"):
             w.send("invoke")
-        assert w.call(Info())["pid"] == w.proc.pid  # still serving after a refusal
+        assert w.call(Info()).pid == w.proc.pid  # still serving after a refusal
+
+
+def test_the_executor_runs_the_worker_class_it_is_given(tiny_llama):
+    with Cluster(ClusterConfig(model=str(tiny_llama), **TINY), worker_class=TestingWorker) as c:
+        assert c.workers[0].call(FailNextMove()) is None  # declared by the subclass: armed, not refused
 
 
 def test_info_says_which_fast_paths_are_off_and_why_and_the_log_says_it_once(tiny_llama, caplog):
@@ -32,9 +35,9 @@ def test_info_says_which_fast_paths_are_off_and_why_and_the_log_says_it_once(tin
         with Cluster(ClusterConfig(model=str(tiny_llama), devices=2, tp=1, peer_reads=False, **TINY)) as c:
             infos = c.worker_info
     for i in infos:
-        assert (i["kernels"], i["peer_reads"]) == (False, False)
-        assert i["kernels_reason"] == "the C kernels are bf16 only, the model runs in float32"
-        assert i["peer_reads_reason"] == "turned off (--no-peer-reads)"
+        assert (i.kernels, i.peer_reads) == (False, False)
+        assert i.kernels_reason == "the C kernels are bf16 only, the model runs in float32"
+        assert i.peer_reads_reason == "turned off (--no-peer-reads)"
     assert [r.getMessage() for r in caplog.records if r.name == "gyges"] == [
         "C kernels off, PyTorch path: the C kernels are bf16 only, the model runs in float32",
         "peer reads off, moves through gloo: turned off (--no-peer-reads)"]
@@ -59,7 +62,7 @@ def test_a_cache_folder_that_cannot_be_created_does_not_stop_the_cluster(tiny_ll
         with Cluster(ClusterConfig(model=str(tiny_llama), devices=2, tp=2, dtype="bfloat16", device_memory="32MiB",
                                    block_tokens=4)) as c:
             assert build.library() is None and "cache folder" in build.unavailable_reason()
-            assert not c.worker_info[0]["kernels"] and c.worker_info[0]["kernels_reason"]
+            assert not c.worker_info[0].kernels and c.worker_info[0].kernels_reason
             assert c.generate([[5, 6, 7]])[0].error is None
     finally:
         build._loaded.cache_clear()

@@ -1,6 +1,6 @@
 import pytest
 
-from gyges.server.detokenizer import IncrementalDetokenizer, held_back
+from gyges.engine.detokenizer import IncrementalDetokenizer, held_back
 
 TEXT = "Hello 🙂 世界, café! Ünïcödé → ✓ and 日本語のテキスト 🎉🎉 done."
 
@@ -52,6 +52,16 @@ def test_stop_string_across_tokens_cuts_the_text_and_is_never_sent_in_part(smol_
     assert "".join(chunks) == "The answer is " and detok.stopped
     assert all("forty" not in c and "fort" not in c for c in chunks)
     assert detok.add(ids[:2]) == ""
+    assert tok.decode(ids[:detok.used]).endswith("forty-two.")  # the token that completed it, none after
+    assert not tok.decode(ids[:detok.used - 1]).endswith("forty-two.")
+
+
+def test_tokens_after_a_stop_in_the_same_batch_are_not_taken(smol_tokenizer):
+    tok = smol_tokenizer
+    ids = tok.encode("one two three four five", add_special_tokens=False)
+    detok = IncrementalDetokenizer(tok, [], stop=["two"])
+    assert detok.add(ids) == "one " and detok.stopped
+    assert detok.used == len(tok.encode("one two", add_special_tokens=False)) < len(ids)
 
 
 def test_text_that_might_become_a_stop_string_is_held_then_released(smol_tokenizer):

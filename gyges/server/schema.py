@@ -1,7 +1,8 @@
-"""OpenAI-compatible request bodies, their checks, and the error body (vLLM's conventions).
+"""OpenAI-compatible request bodies (vLLM's conventions; the error body is in errors.py).
 
-Field constraints live in the models so the OpenAPI schema states them; what needs the model or
-the prompt (context length, token ids) is checked where those are known (`app.py`).
+Field constraints live in the models so the OpenAPI schema states them and malformed bodies fail
+before anything else runs; what needs the model or the prompt (context length, token ids, the KV a
+request needs) is admission's (gyges/engine/admission.py), one check for every way in.
 """
 from typing import Annotated, Literal
 
@@ -12,21 +13,6 @@ from gyges.engine.sequence import MAX_LOGPROBS, SamplingParams
 MAX_N = 64
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
-
-
-class APIError(Exception):
-    """An error the client gets as OpenAI's body `{"error": {...}}` with `status`."""
-
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-             404: "not_found_error", 503: "service_unavailable"}
-
-    def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.headers = status, message, param, headers
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
-                          "param": self.param, "code": self.status}}
 
 
 class StreamOptions(BaseModel):
@@ -140,15 +126,3 @@ class ChatCompletionRequest(_Sampling):
     @property
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
-
-
-def context_error(max_model_len: int, prompt_len: int, max_tokens: int | None, where: str) -> str | None:
-    """vLLM's message when a prompt (plus max_tokens) exceeds the model's context; None if it fits."""
-    if prompt_len >= max_model_len:
-        return (f"This model's maximum context length is {max_model_len} tokens. However, your request has "
-                f"{prompt_len} input tokens. Please reduce the length of the input {where}.")
-    if max_tokens is not None and prompt_len + max_tokens > max_model_len:
-        return (f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-                f"{prompt_len + max_tokens} tokens ({prompt_len} in the {where}, {max_tokens} in the completion). "
-                f"Please reduce the length of the {where} or completion.")
-    return None

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from gyges.server.protocol import ChatCompletionRequest, CompletionRequest, context_error
+from gyges.server.schema import ChatCompletionRequest, CompletionRequest
 
 
 def test_sampling_params_map_openai_fields_and_give_each_choice_its_own_seed():
@@ -39,11 +39,3 @@ def test_chat_request_fields():
     for bad in (dict(messages=[]), dict(messages=msgs, top_logprobs=2), dict(messages=[{"role": "x", "content": "a"}])):
         with pytest.raises(ValidationError):
             ChatCompletionRequest(**bad)
-
-
-def test_context_error_uses_vllms_wording():
-    assert context_error(100, 10, 90, "prompt") is None and context_error(100, 10, None, "prompt") is None
-    assert context_error(100, 30, 80, "messages") == (
-        "This model's maximum context length is 100 tokens. However, you requested 110 tokens (30 in the messages, "
-        "80 in the completion). Please reduce the length of the messages or completion.")
-    assert "your request has 100 input tokens" in context_error(100, 100, None, "prompt")

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from gyges.kernels import fused, packed, paged_decode
 from gyges.memory.arena import Arena
 from gyges.memory.layout import head_groups, real_runs, run_rows
-from gyges.model.attention import AttentionMeta, paged_attention, write_kv
-from gyges.model.rope import Rotary, apply_rotary
-from gyges.model.sharded import ColumnShard, RowShard
+from gyges.layers.attention import AttentionMeta, paged_attention, write_kv
+from gyges.layers.rope import Rotary, apply_rotary
+from gyges.layers.sharded import ColumnShard, RowShard
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Each new token decodes only a short window of tokens (vLLM's prefix/read offsets), never the whole
 output. A window whose text ends in U+FFFD is an incomplete UTF-8 character (byte-level BPE splits
 emoji and CJK across tokens): it waits for the next token. Text that could still become a stop
-string is held back, so a partial stop string is never sent.
+string is held back, so a partial stop string is never sent. Tokens are taken one at a time, so the
+token that completes a stop string is known (`used`): tokens after it are neither sent nor counted.
+It runs in the front end (the server's event loop, `Cluster`'s caller), never in the controller's loop.
 """
 PROMPT_CONTEXT = 5  # prompt tokens decoded before the output, so the first token's leading space is right
 
@@ -18,19 +20,24 @@ class IncrementalDetokenizer:
         self.read_offset = len(self.tokens)
         self.text = ""        # decoded output so far (cut at the stop string once one is found)
         self.sent = 0         # characters of `text` handed out
+        self.used = 0         # tokens taken, up to and including the one that completed a stop string
         self.stopped = False  # a stop string was found: nothing more will be sent
 
     def add(self, token_ids: list[int]) -> str:
-        """Take new tokens; return the text that is now safe to send."""
-        if self.stopped:
-            return ""
-        before = len(self.text)
+        """Take new tokens, one at a time until a stop string completes; return the text that is now
+        safe to send."""
+        out = ""
         for t in token_ids:
+            if self.stopped:
+                break
+            self.used += 1
             if t in self.skip:
                 continue
+            before = len(self.text)
             self.tokens.append(self.tokenizer.convert_ids_to_tokens(t))
             self.text += self._window(final=False)
-        return self._release(before, final=False)
+            out += self._release(before, final=False)
+        return out
 
     def finish(self) -> str:
         """The output ended: decode what waited for more bytes and release everything held back."""

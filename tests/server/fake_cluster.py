@@ -1,11 +1,14 @@
-"""A stand-in for `gyges.cluster.engine.Engine` with the same contract: it 'generates' a fixed
-script of tokens from a thread of its own, so the HTTP layer is tested without workers."""
+"""A stand-in for `gyges.cluster.serving.ServingCluster` with the same contract: the real admission
+check, then a fixed script of tokens 'generated' from a thread of its own, so the HTTP layer is tested
+without workers."""
 import threading
 import time
 from dataclasses import dataclass, field
 
-from gyges.cluster.engine import EngineDown, EngineStats, QueueFull, RequestError, TokenEvent
-from gyges.engine.sampler import TokenLogprob
+from gyges.cluster.serving import ClusterDown, QueueFull, TokenEvent
+from gyges.cluster.views import ClusterStats
+from gyges.engine.admission import Limits, admit
+from gyges.protocol.answers import TokenLogprob
 
 SCRIPT = "Hello there! The answer is 42. 世界 🙂 END and more words after the end of it all"
 
@@ -17,7 +20,7 @@ class FakeModelConfig:
 
 
 @dataclass
-class FakeEngine:
+class FakeCluster:
     tokenizer: object
     max_model_len: int = 256
     delay_s: float = 0.0
@@ -25,6 +28,7 @@ class FakeEngine:
     down: bool = False
     submitted: list = field(default_factory=list)
     aborted: set = field(default_factory=set)
+    watchers: list = field(default_factory=list)
 
     def __post_init__(self):
         self.model_config = FakeModelConfig(len(self.tokenizer))
@@ -33,13 +37,13 @@ class FakeEngine:
         self._next = 0
         self._lock = threading.Lock()
 
-    def submit(self, prompt_ids, params, on_event) -> int:
+    def submit(self, prompt_ids, params, on_event, where="prompt") -> int:
         if self.down:
-            raise EngineDown("the cluster is down: test")
+            raise ClusterDown("the cluster is down: test")
+        admit(prompt_ids, params, Limits(len(self.tokenizer), self.max_model_len, 200, "the largest instance (TP2)"),
+              where)
         if self.queue_full:
             raise QueueFull("1 requests are queued (--max-queued-requests 1)")
-        if len(prompt_ids) > 200:
-            raise RequestError("the request needs more KV than the largest instance holds")
         with self._lock:
             rid, self._next = self._next, self._next + 1
         self.submitted.append((rid, list(prompt_ids), params))
@@ -64,9 +68,11 @@ class FakeEngine:
     def cluster_info(self) -> dict:
         return {"devices": 2, "instances": [{"id": 0, "devices": [0], "tp": 1}], "transformations": []}
 
-    def stats(self) -> EngineStats:
-        return EngineStats(1, 2, {0: 0.5, 1: 0.25}, {1: 2},
-                           [{"kind": "merge", "duration_s": 0.3, "stall_s": 0.02}], 10, 20)
+    def stats(self) -> ClusterStats:
+        return ClusterStats(1, 2, {0: 0.5, 1: 0.25}, {1: 2}, 10, 20)
+
+    def watch_transformations(self, fn):
+        self.watchers.append(fn)
 
     def merge(self, devices):
         if devices != [0, 1]:

@@ -1,7 +1,7 @@
 """Worker-side measurements for the transformation benchmark: the machine's transfer limits for
 the same bytes a plan moves, the same KV moved in a vLLM-style token-major layout, and reloading
 weights from disk (the drain-and-restart baseline). They run as commands of `BenchWorker`, which
-the benchmark selects through $GYGES_WORKER_CLASS; the production worker declares none of them.
+the benchmark hands its cluster as the worker class; the production worker declares none of them.
 
 Each returns (start, end) on `time.monotonic()`, one clock for every process of the host, so the
 benchmark times a move across devices as max(end) - min(start), exactly like the transformation."""
@@ -15,7 +15,7 @@ import torch.distributed as dist
 from gyges.memory.arena import host_bytes
 from gyges.transform import peer_reads
 from gyges.transform.peer_reads import Run
-from gyges.worker.commands import Command
+from gyges.protocol.commands import Command
 from gyges.worker.worker import Worker
 
 Stamps = tuple[float, float]

@@ -11,7 +11,7 @@ from gyges.kernels.build import library
 from gyges.model.loader import default_model_path
 from tests.conftest import make_tiny_model
 from tests.reference import TOLERANCE, check_against_reference
-from tests.worker.extension import KernelsInUse
+from tests.worker.extension import KernelsInUse, TestingWorker
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
 # mixed lengths; the 70-token prompt is longer than one 32-token prefill chunk
@@ -110,7 +110,7 @@ def test_bf16_matches_transformers(tmp_path, kind, tp, max_tp, vocab):
     for kernels in (False, True) if library() is not None else (False,):
         cfg = ClusterConfig(model=str(path), devices=max_tp, tp=tp, max_tp=max_tp, dtype="bfloat16",
                             device_memory="32MiB", block_tokens=4, max_batched_tokens=32, cpu_kernels=kernels)
-        with Cluster(cfg, record_logits=True) as cluster:
+        with Cluster(cfg, record_logits=True, worker_class=TestingWorker) as cluster:
             expect = (kernels and vocab % 16 == 0, kernels, kernels)
             assert cluster.workers[0].call(KernelsInUse()) == expect
             outs = cluster.generate(TINY_PROMPTS, GREEDY)

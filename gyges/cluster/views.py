@@ -1,0 +1,86 @@
+"""What the controller shows: the policy's snapshot (plain data, gyges/policy/snapshot.py), the body
+of /v1/cluster, and the figures /metrics reads."""
+import weakref
+from dataclasses import dataclass
+
+from gyges.cluster.instance import Instance, Instances
+from gyges.cluster.recovery import Recovery
+from gyges.cluster.transitions import Transitions
+from gyges.engine.sequence import Sequence
+from gyges.policy import snapshot as ps
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    running: int
+    waiting: int                        # queued in an instance or held by the policy
+    kv_usage: dict[int, float]          # device -> fraction of its KV pages in use
+    instances_by_tp: dict[int, int]
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+
+def request_view(seq: Sequence) -> ps.RequestView:
+    return ps.RequestView(seq.id, len(seq.prompt_ids), seq.kv_need, seq.num_computed, seq.arrival)
+
+
+class Views:
+    """The snapshot's request views of each instance are kept until its requests change (`changed`):
+    the policy looks after every event, the requests of most instances have not moved since."""
+
+    def __init__(self, instances: Instances, transitions: Transitions, recovery: Recovery, host_devices: int | None):
+        self.instances, self.transitions, self.recovery = instances, transitions, recovery
+        self.host_devices = host_devices
+        self._cache: weakref.WeakKeyDictionary[Instance, tuple] = weakref.WeakKeyDictionary()
+
+    def changed(self, inst: Instance):
+        self._cache.pop(inst, None)
+
+    def _requests(self, inst: Instance) -> tuple:
+        views = self._cache.get(inst)
+        if views is None:
+            views = self._cache[inst] = (tuple(request_view(s) for s in inst.scheduler.running),
+                                         tuple(request_view(s) for s in inst.scheduler.waiting))
+        return views
+
+    def snapshot(self, now: float, held: list[Sequence]) -> ps.Snapshot:
+        bt, lay, tr = self.instances.limits.block_tokens, self.instances.layout, self.transitions
+        insts = tuple(ps.InstanceView(
+            i.id, tuple(i.devices), i.pool.total_blocks * bt, i.pool.free_blocks * bt,
+            *self._requests(i), i.formed_at, tr.involves(i)) for i in self.instances)
+        pending = None
+        if tr.pending is not None:
+            t = tr.pending.transition
+            pending = ps.PendingTransform(t.kind, tuple(t.devices), tr.pending.started, tr.pending.switching)
+        n, max_tp = sum(self.instances.sizes), self.instances.limits.max_tp
+        caps = {t: lay.kv_tokens(t) for t in (1 << k for k in range(max_tp.bit_length()))}
+        host = n if self.host_devices is None else min(self.host_devices, n)
+        return ps.Snapshot(now, n, max_tp, host, caps, insts, tuple(request_view(s) for s in held), pending,
+                           tuple(tr.refused.values()))
+
+    def describe(self, held: int) -> dict:
+        """The layout and the transformation history: the body of /v1/cluster."""
+        bt, p = self.instances.limits.block_tokens, self.transitions.pending
+        return {
+            "devices": sum(self.instances.sizes),
+            "instances": [{"id": i.id, "devices": i.devices, "tp": i.tp, "running": len(i.scheduler.running),
+                           "waiting": len(i.scheduler.waiting), "kv_capacity_tokens": i.pool.total_blocks * bt,
+                           "kv_free_tokens": i.pool.free_blocks * bt} for i in self.instances],
+            "held": held,
+            "pending": None if p is None else {"kind": p.transition.kind, "devices": p.transition.devices,
+                                               "reason": p.reason},
+            "transformations": [{"kind": r.report.kind, "from": r.report.before, "to": r.report.after,
+                                 "reason": r.reason, "started": r.started, "started_at": r.started_at,
+                                 "duration_s": r.duration_s, "stall_s": r.stall_s}
+                                for r in self.transitions.history],
+            "failures": [reason for _, reason in self.recovery.failures],
+        }
+
+    def stats(self, held: int, prompt_tokens: int, generation_tokens: int) -> ClusterStats:
+        usage, by_tp = {}, {}
+        for inst in self.instances:
+            by_tp[inst.tp] = by_tp.get(inst.tp, 0) + 1
+            usage |= inst.pool.usage()
+        return ClusterStats(sum(len(i.scheduler.running) for i in self.instances),
+                            sum(len(i.scheduler.waiting) for i in self.instances) + held, usage, by_tp,
+                            prompt_tokens, generation_tokens)

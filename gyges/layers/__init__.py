@@ -1,0 +1,1 @@
+"""The forward pass of one device's shard: attention over paged KV, sharded linears, rotary, the Llama family."""
