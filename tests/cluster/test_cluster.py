@@ -53,10 +53,14 @@ def test_stop_strings_eos_and_streaming(tiny_llama):
         words = free.text.split()
         stop = words[3]
         streamed = []
-        out = c.generate([[5, 6, 7]], SamplingParams(max_tokens=10, temperature=0, stop=[stop], ignore_eos=True),
-                         on_token=lambda s, t: streamed.append(t))[0]
+        params = SamplingParams(max_tokens=10, temperature=0, stop=[stop], ignore_eos=True)
+        out = c.generate([[5, 6, 7]], params, on_token=lambda s, t: streamed.append(t))[0]
         assert out.finish_reason == "stop" and stop not in out.text and out.text.strip() == " ".join(words[:3])
-        assert streamed == out.token_ids
+        assert streamed == out.token_ids == free.token_ids[:4]  # up to the token that completed the stop string
+        seq = c.add_request([5, 6, 7], params)  # lockstep: the match aborts it before another step runs
+        while not seq.finished:
+            c.step()
+        assert seq.output_ids == c.output(seq).token_ids == free.token_ids[:4] and c.output(seq).finish_reason == "stop"
         eos = c.generate([[5, 6, 7]], SamplingParams(max_tokens=10, temperature=0, stop_token_ids=[free.token_ids[2]]))[0]
         assert eos.token_ids == free.token_ids[:3] and eos.finish_reason == "stop"
 

@@ -24,6 +24,7 @@ class FakeCluster:
     tokenizer: object
     max_model_len: int = 256
     delay_s: float = 0.0
+    burst: int = 1              # tokens per event (a simulated stretch, or a client that falls behind)
     queue_full: bool = False
     down: bool = False
     submitted: list = field(default_factory=list)
@@ -52,15 +53,15 @@ class FakeCluster:
 
     def _run(self, rid, params, on_event):
         n = params.max_tokens or len(self.script)
-        for i in range(n):
+        for i in range(0, n, self.burst):
             time.sleep(self.delay_s)
             if rid in self.aborted:
                 return on_event(TokenEvent(rid, [], None, True, "abort", None))
-            tok = self.script[i % len(self.script)]
+            toks = [self.script[j % len(self.script)] for j in range(i, min(i + self.burst, n))]
             lps = None if params.logprobs is None else [
-                TokenLogprob(tok, -0.25, 1, [(tok, -0.25), (3, -2.0)][:params.logprobs])]
-            last = i == n - 1
-            on_event(TokenEvent(rid, [tok], lps, last, "length" if last else None, None))
+                TokenLogprob(t, -0.25, 1, [(t, -0.25), (3, -2.0)][:params.logprobs]) for t in toks]
+            last = i + len(toks) == n
+            on_event(TokenEvent(rid, toks, lps, last, "length" if last else None, None))
 
     def abort(self, request_id: int):
         self.aborted.add(request_id)

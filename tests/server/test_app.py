@@ -9,7 +9,7 @@ from tests.server.fake_cluster import SCRIPT, FakeCluster
 
 
 def client(tok, **kw) -> tuple[TestClient, FakeCluster]:
-    cluster = FakeCluster(tok, **{k: kw.pop(k) for k in list(kw) if k in ("delay_s", "queue_full", "down")})
+    cluster = FakeCluster(tok, **{k: kw.pop(k) for k in list(kw) if k in ("delay_s", "burst", "queue_full", "down")})
     return TestClient(build_app(cluster, ServerSettings("fake", **kw))), cluster
 
 
@@ -63,6 +63,21 @@ def test_stop_string_cuts_the_text_and_aborts_the_request(app):
             text, reason = r.json()["choices"][0]["text"], r.json()["choices"][0]["finish_reason"]
         assert text == SCRIPT[:SCRIPT.index("END")] and reason == "stop"
         assert cluster.submitted[-1][0] in cluster.aborted
+
+
+@pytest.mark.parametrize("burst", [1, 5])
+def test_tokens_after_the_stop_string_are_neither_sent_nor_counted(smol_tokenizer, burst):
+    """Usage and logprobs count the tokens up to the one that completed the stop string, even when
+    one event carries tokens past it."""
+    c, _ = client(smol_tokenizer, burst=burst)
+    script = smol_tokenizer.encode(SCRIPT, add_special_tokens=False)
+    upto = next(k for k in range(1, len(script) + 1) if "END" in smol_tokenizer.decode(script[:k]))
+    body = {"prompt": "Hi", "max_tokens": 40, "stop": ["END"], "logprobs": 1}
+    r = c.post("/v1/completions", json=body).json()
+    assert r["usage"]["completion_tokens"] == upto and len(r["choices"][0]["logprobs"]["tokens"]) == upto
+    chunks = sse(c.post("/v1/completions", json=body | {"stream": True, "stream_options": {"include_usage": True}}))
+    assert chunks[-1]["usage"]["completion_tokens"] == upto
+    assert sum(len(ch["choices"][0]["logprobs"]["tokens"]) for ch in chunks[:-1] if ch["choices"][0]["logprobs"]) == upto
 
 
 def test_completion_logprobs(app):
