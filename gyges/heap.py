@@ -2,10 +2,10 @@
 C heap handed back to the OS.
 
 A process that imported torch and transformers holds millions of objects; each full (generation 2)
-collection walks all of them, 30-280 ms measured here, and it runs in the middle of whatever
-allocated last: a step relaunch, a transformation's plan. Freezing the heap after startup moves those
-objects out of the collector's sight, so a collection walks only what the loop created since
-(vLLM's engine core does the same after start-up).
+collection walks all of them, a long pause (measured: docs/benchmarks.md, 'Measurements behind code
+choices'), and it runs in the middle of whatever allocated last: a step relaunch, a transformation's
+plan. Freezing the heap after startup moves those objects out of the collector's sight, so a
+collection walks only what the loop created since (vLLM's engine core does the same after start-up).
 """
 import ctypes
 import gc

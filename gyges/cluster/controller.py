@@ -9,6 +9,7 @@ simulator's devices: only the backend differs. Its parts, each owning its state:
 (`instance.py`), the transformation in progress (`transitions.py`), failure recovery
 (`recovery.py`) and what it shows (`views.py`).
 """
+import logging
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 from gyges.cluster.inbox import Abort, Call, Inbox, Submit
 from gyges.cluster.instance import Instance, Instances, SchedulerLimits
 from gyges.cluster.recovery import Recovery
-from gyges.cluster.transitions import Pending, PhaseKey, TransformRecord, Transitions, log
+from gyges.cluster.transitions import Pending, TransformRecord, Transitions
 from gyges.cluster.views import ClusterStats, Views, request_view
 from gyges.engine.scheduler import ScheduledBatch
 from gyges.engine.sequence import Sequence, Status
@@ -28,6 +29,8 @@ from gyges.policy import snapshot as ps
 from gyges.protocol.answers import StepResult, WorkerError
 from gyges.protocol.backend import Backend
 from gyges.transform.plan import TransformError
+
+log = logging.getLogger("gyges")
 
 TICK_S = 1.0  # the policy looks again this often when nothing else happens
 
@@ -70,7 +73,7 @@ class Controller:
     def __init__(self, backend: Backend, layout: DeviceLayout, cfg: ControllerConfig, policy, eos_ids: set[int],
                  sizes: list[int], on_output: OutputSink, restart: Callable[[list[int]], Backend] | None = None,
                  on_transform: Callable[[TransformRecord], None] | None = None):
-        self.backend, self.layout, self.cfg, self.policy = backend, layout, cfg, policy
+        self.backend, self.cfg, self.policy = backend, cfg, policy
         self.eos_ids, self.on_output, self.on_transform = eos_ids, on_output, on_transform
         limits = SchedulerLimits(cfg.max_tp, cfg.block_tokens, cfg.max_num_seqs, cfg.max_batched_tokens,
                                  cfg.long_prefill_tokens)
@@ -247,8 +250,7 @@ class Controller:
             if reason:
                 self._end(inst, seq, reason)
                 finished = True
-        for seq in [s for s in inst.scheduler.requests if s.aborted]:
-            self._end(inst, seq, "error" if seq.error else "abort")
+        self._end_aborted(inst)
         if finished or self.held:
             self._decide(ps.Finished(-1, inst.id) if finished else ps.StepDone(inst.id))
 
@@ -261,6 +263,11 @@ class Controller:
         if len(seq.output_ids) >= seq.max_tokens:
             return "length"
         return None
+
+    def _end_aborted(self, inst: Instance):
+        """End the requests of `inst` that were aborted while a step or transformation held their pages."""
+        for seq in [s for s in inst.scheduler.requests if s.aborted]:
+            self._end(inst, seq, "error" if seq.error else "abort")
 
     def _end(self, inst: Instance | None, seq: Sequence, reason: str, error: str | None = None):
         if error is not None:
@@ -376,21 +383,9 @@ class Controller:
             self.transitions.refuse(devices, self.backend.now())
 
     def _drive_transition(self, sync: bool = False):
-        t = self.transitions
-        p = t.pending
-        if p is None or p.phase_in_flight:
-            return
-        if not p.transition.done:
-            t.launch_chunk(self.backend)
-            return
-        p.switching = True
-        if any(i.stepping for i in p.transition.old):
-            return  # the switch waits for their steps in flight; no new ones start
-        for inst in p.transition.old:  # requests aborted during pre-copy leave before the plan is made
-            for seq in [s for s in inst.scheduler.requests if s.aborted]:
-                self._end(inst, seq, "abort")
-        if t.launch_switch(self.backend) and sync:
-            self._settle(lambda: t.pending is p)
+        p = self.transitions.drive(self.backend, self._end_aborted)
+        if p is not None and sync:
+            self._settle(lambda: self.transitions.pending is p)
 
     def _install(self, stats):
         p = self.transitions.install(stats, self.backend.now())

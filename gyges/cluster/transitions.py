@@ -4,6 +4,7 @@ history of finished ones."""
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -110,17 +111,30 @@ class Transitions:
             return False
         return True
 
-    def launch_chunk(self, backend: Backend):
+    def drive(self, backend: Backend, end_aborted: Callable[[Instance], None]) -> Pending | None:
+        """Launch the next phase if none is in flight: a pre-copy chunk, or, once every chunk is out
+        and the old instances' steps are back, the switch (their aborted requests leave first, by
+        `end_aborted`). Returns the Pending whose switch was launched, else None."""
         p = self.pending
+        if p is None or p.phase_in_flight:
+            return None
         tr = p.transition
-        p.phase_in_flight, p.phase_t0 = True, backend.now()
-        backend.launch_phase(PhaseKey("chunk", p), tr.devices, *tr.next_chunk(max(i.step_s for i in tr.old)))
+        if not tr.done:
+            p.phase_in_flight, p.phase_t0 = True, backend.now()
+            backend.launch_phase(PhaseKey("chunk", p), tr.devices, *tr.next_chunk(max(i.step_s for i in tr.old)))
+            return None
+        p.switching = True
+        if any(i.stepping for i in tr.old):
+            return None  # the switch waits for their steps in flight; no new ones start
+        for inst in tr.old:  # requests aborted during pre-copy leave before the plan is made
+            end_aborted(inst)
+        return p if self._launch_switch(backend) else None
 
     def chunk_done(self, seconds: float, answers: dict[int, CopyDone]):
         self.pending.phase_in_flight = False
         self.pending.transition.chunk_done(seconds, answers)
 
-    def launch_switch(self, backend: Backend) -> bool:
+    def _launch_switch(self, backend: Backend) -> bool:
         """Plan the switch and send it; False if the plan is refused (the transformation is over)."""
         p = self.pending
         tr = p.transition

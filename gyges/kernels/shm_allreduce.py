@@ -1,7 +1,8 @@
 """All-reduce through shared memory, for the CPU workers of one host (shm_allreduce.c).
 
-gloo's all-reduce goes through TCP loopback: about 5 ms with 4 processes on 2 cores, two per
-layer, which made TP2 and TP4 several times slower than TP1 here and a merge's first steps slow.
+gloo's all-reduce goes through TCP loopback: slow, and a step makes two per layer, which made TP2
+and TP4 much slower than TP1 and a merge's first steps slow (measured: docs/benchmarks.md,
+'Measurements behind code choices').
 The controller creates one segment per aligned group before the workers start and removes the
 files once they have mapped them; the mappings live as long as the workers. Segments are private
 (O_EXCL, O_NOFOLLOW, mode 0600) under names with the controller's pid and a random part; those of

@@ -115,5 +115,6 @@ class LlamaShard:
         h = self._residual_norm(x[rows], delta[rows], self.norm)
         if self.arena.packed:
             return packed.linear(h, self.lm_head).float()
-        # [V, n] seen as [n, V]: on CPU the big matrix on the left multiplies about 1.7x faster
+        # [V, n] seen as [n, V]: on CPU the big matrix on the left multiplies faster
+        # (measured: docs/benchmarks.md, 'Measurements behind code choices')
         return torch.mm(self.lm_head, h.t()).float().t()

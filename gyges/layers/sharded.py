@@ -48,7 +48,7 @@ class ColumnShard:
             return F.linear(x, self.pieces[0], self.bias)
         y = torch.matmul(x, self.pieces[:self.used].transpose(1, 2))  # [used, T, N]
         # the runs' columns in order, one copy: gathering columns of [T, used * N] (index_select on
-        # dim 1) cost a TP1 laid out for max_tp 2 a quarter of its prefill throughput
+        # dim 1) slowed prefill a lot (measured: docs/benchmarks.md, 'Measurements behind code choices')
         y = torch.cat([y[r.piece, :, r.start:r.stop] for r in self.runs], 1)
         return y if self.bias is None else y.add_(self.bias)
 

@@ -12,8 +12,8 @@ from gyges.memory.weights import layer_names, layer_shards
 
 # Every byte of a fresh arena: a masked read of a never-written page must be finite (0.0115 in bf16
 # and fp32, 1.06 in fp16), and not zero: VM hosts reclaim zero pages left idle, and the first write
-# to each 4 KiB then faults (here, writing 64 MB into zero pages idle for 40 s took 3x as long as
-# into filled ones, which slowed the KV moves of merges into never-used pages).
+# to each 4 KiB then faults, which slowed the KV moves of merges into never-used pages
+# (measured: docs/benchmarks.md, 'Measurements behind code choices').
 FILL_BYTE = 0x3C
 
 HUGE_PAGE = 2 << 20
@@ -23,9 +23,10 @@ def host_bytes(nbytes: int) -> torch.Tensor:
     """`nbytes` of fresh CPU memory (uint8, 2 MiB aligned, a storage of its own that keeps the
     mapping alive) that Linux is asked to back with 2 MiB pages before anything is written to it
     (4 KiB pages where transparent huge pages are off). A move pins every page it reads and decode
-    streams every weight each step; with 4 KiB pages both walk the page tables all the way (here KV
-    moves took 1.3-2x as long, four TP1 instances' steps up to 1.2x). A private mapping of its own:
-    memory malloc recycles is already in 4 KiB pages, and shared mappings get none here."""
+    streams every weight each step; with 4 KiB pages both walk the page tables all the way, which
+    slows KV moves and steps (measured: docs/benchmarks.md, 'Measurements behind code choices').
+    A private mapping of its own: memory malloc recycles is already in 4 KiB pages, and shared
+    mappings get none here."""
     region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         region.madvise(mmap.MADV_HUGEPAGE)

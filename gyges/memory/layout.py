@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from gyges.model.config import ModelConfig
 
-ALIGN_ELEMS = 64  # 128+ bytes: misaligned bf16 weights cost about 20% per matmul
+ALIGN_ELEMS = 64  # 128+ bytes: misaligned bf16 weights slow every matmul
+                  # (measured: docs/benchmarks.md, 'Measurements behind code choices')
 
 
 def pad_to(x: int, multiple: int) -> int:

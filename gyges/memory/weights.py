@@ -18,7 +18,8 @@ def layer_shards(config: ModelConfig, pad: HeadPadding, w: dict[str, torch.Tenso
     `w` holds the layer's HF tensors by short name (q_proj.weight, ...). Column-parallel parts are
     output-major and q/k/v (gate/up) are interleaved per shard. Row-parallel parts (o, down) are
     cut along their input and each piece is stored output-major too, so every matmul is a plain
-    `F.linear`: on CPU in bf16 that is 10-20% faster than multiplying by an input-major matrix.
+    `F.linear`: on CPU in bf16 that is faster than multiplying by an input-major matrix
+    (measured: docs/benchmarks.md, 'Measurements behind code choices').
     """
     d, n = config.head_dim, pad.max_tp
     q = pad_rows(w["q_proj.weight"], pad.num_heads * d).chunk(n)

@@ -12,9 +12,10 @@ class PolicyConfig:
     gain_margin: float = 0.1      # a merge must serve this fraction more than the instances it joins
     split_max_utilization: float = 1.0  # a split leaves no part more promised than this (or than the busiest
                                         # other instance). Below 1, a band under merging's 100% that keeps a
-                                        # busy merged instance merged; 0.5 kept 2 devices at TP2 through a
-                                        # burst of short requests long after the long one ended (trace
-                                        # benchmark), so by default only the dwell time stops thrashing
+                                        # busy merged instance merged; such a band kept devices merged
+                                        # through bursts of short requests long after the long one ended
+                                        # (measured: docs/benchmarks.md, 'Measurements behind code choices'),
+                                        # so by default only the dwell time stops thrashing
     switch_tokens: int = 16       # KV tokens per request left for the switch after pre-copy (about a block)
     refusal_retry_s: float = 5.0  # a refused merge or split is proposed again after this long, or as soon as
                                   # the requests running on its devices change

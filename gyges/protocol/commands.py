@@ -14,7 +14,8 @@ class Command:
 
 class Move(NamedTuple):
     """`count` consecutive pages from `src_page` on `src` to `dst_page` on `dst`. A named tuple, not
-    a dataclass: a plan makes thousands in the loop's thread (a frozen dataclass costs 4x as much)."""
+    a dataclass: a plan makes thousands in the loop's thread, and a frozen dataclass costs much more
+    to make (measured: docs/benchmarks.md, 'Measurements behind code choices')."""
     src: int
     dst: int
     src_page: int

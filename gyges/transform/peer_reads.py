@@ -1,10 +1,11 @@
 """Copy from another worker's memory in one step (Linux cross-memory attach, `process_vm_readv`).
 
 On a CPU host every device is a process on the same machine. gloo's send/recv carries a page run
-through two loopback sockets (2.5 GB/s here); reading it straight out of the peer's arena into
-our own is one memcpy (6.8 GB/s), with no staging buffer. The reader does the work and the owner
-does nothing, so a plan's moves are pulled by their destinations; whoever calls `read` must know
-the source bytes are final and stay so until every reader is done (the transformation's barriers).
+through two loopback sockets; reading it straight out of the peer's arena into our own is one
+memcpy, with no staging buffer, and much faster (measured: docs/benchmarks.md, 'Measurements
+behind code choices'). The reader does the work and the owner does nothing, so a plan's moves are
+pulled by their destinations; whoever calls `read` must know the source bytes are final and stay so
+until every reader is done (the transformation's barriers).
 Where the kernel refuses (Yama ptrace scope, a seccomp filter), moves go through torch.distributed.
 """
 import ctypes

@@ -96,7 +96,8 @@ def kv_page_order(layout: DeviceLayout, pages) -> np.ndarray:
 
 
 def _distinct(pages: np.ndarray, num_pages: int) -> np.ndarray:
-    """The distinct pages, ascending (a mask over the device's pages: np.unique hashes, ten times slower)."""
+    """The distinct pages, ascending (a mask over the device's pages: np.unique hashes, much slower;
+    measured: docs/benchmarks.md, 'Measurements behind code choices')."""
     mask = np.zeros(num_pages, dtype=bool)
     mask[pages] = True
     return np.flatnonzero(mask)

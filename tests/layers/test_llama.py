@@ -74,16 +74,22 @@ def smollm2_reference():
     return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
 
 
-@pytest.mark.parametrize("tp", [1, 2, 4])
-def test_smollm2_padded_matches_transformers(smollm2_reference, tp):
-    """SmolLM2 has 9 query / 3 KV heads: padded to 12 / 4 it runs at TP 1, 2 and 4."""
+def test_smollm2_padded_matches_transformers(smollm2_reference):
+    """SmolLM2 has 9 query / 3 KV heads: padded to 12 / 4 it runs at TP 1, 2 and 4 (one cluster, merged
+    from 4 x TP1 to 2 x TP2 to TP4 between the runs: one load of the model instead of three)."""
     prompts = ["<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
                "Write a poem about the sea, the sky and the birds that fly between them. " * 3, "Hello"]
-    outs, cluster = run(None, 4, tp, prompts, max_tp=4, device_memory="768MiB", max_batched_tokens=48)
-    assert cluster.layout.padding.num_heads == 12 and cluster.layout.padding.num_kv_heads == 4
-    assert max(len(o.prompt_ids) for o in outs) > 48
-    worst = check_against_reference(smollm2_reference, outs)
-    print(f"SmolLM2 TP{tp}: max relative logit error {worst:.2e}")
+    cfg = ClusterConfig(devices=4, tp=1, max_tp=4, dtype="float32", device_memory="768MiB", max_batched_tokens=48)
+    with Cluster(cfg, record_logits=True) as cluster:
+        assert cluster.layout.padding.num_heads == 12 and cluster.layout.padding.num_kv_heads == 4
+        for tp, merges in ((1, []), (2, [[0, 1], [2, 3]]), (4, [[0, 1, 2, 3]])):
+            for devices in merges:
+                cluster.merge(devices)
+            assert [i.tp for i in cluster.instances] == [tp] * (4 // tp)
+            outs = cluster.generate(prompts, GREEDY)
+            assert max(len(o.prompt_ids) for o in outs) > 48
+            worst = check_against_reference(smollm2_reference, outs)
+            print(f"SmolLM2 TP{tp}: max relative logit error {worst:.2e}")
 
 
 BF16_TOLERANCE = 2e-2  # bf16 keeps 8 significant bits; both bf16 paths measure about 1e-2 here

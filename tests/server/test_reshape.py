@@ -123,6 +123,7 @@ def test_alternating_short_and_long_arrivals_do_not_thrash(reshaping_server):
 AROUND_S = 2.0
 
 
+@pytest.mark.slow  # 2.5 minutes on 2 cores: run by `make test-all` and the benchmarks' checks
 def test_64_streams_keep_their_pace_through_two_transformations(tmp_path):
     """A random Llama of 8 layers x 512 wide (steps of tens of ms, like a real model's, where a tiny
     model's few-ms steps would time the HTTP stack) on 2 devices; 64 concurrent streams: 62 of mixed
