@@ -160,7 +160,7 @@ class Cluster:
         params = params or SamplingParams()
         ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
         seq = admit(ids, params, self.limits())
-        detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop) if params.stop else None
+        detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens) if params.stop else None
         self._front[seq.id] = _Front(seq, detok)
         self.controller.submit(seq)
         self.controller.take_inbox()
@@ -199,7 +199,7 @@ class Cluster:
         front = self._front[seq.id]
         if front.stopped:
             return Output(seq.prompt_ids, front.token_ids, front.detok.text, "stop", None, front.logits)
-        text = "" if seq.error else self.tokenizer.decode(front.token_ids, skip_special_tokens=True)
+        text = "" if seq.error else self.tokenizer.decode(front.token_ids, skip_special_tokens=seq.params.skip_special_tokens)
         return Output(seq.prompt_ids, front.token_ids, text, seq.finish_reason, seq.error, front.logits)
 
     def done(self, seq: Sequence) -> bool:

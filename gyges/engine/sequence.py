@@ -26,6 +26,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0      # subtracted per occurrence in the output
     repetition_penalty: float = 1.0     # > 1 discourages tokens of the prompt and output (vLLM's semantics)
     logprobs: int | None = None         # None: none; k: the sampled token's logprob and the top k
+    skip_special_tokens: bool = True    # the text leaves special tokens out (stop strings are matched on it)
 
     def __post_init__(self):
         if self.seed is None:

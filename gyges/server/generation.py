@@ -41,7 +41,7 @@ class _Choice:
 
 class Generation:
     def __init__(self, cluster, metrics: ServerMetrics, prompts: list[list[int]],
-                 params: list[list[SamplingParams]], skip_special_tokens: bool, where: str = "prompt"):
+                 params: list[list[SamplingParams]], where: str = "prompt"):
         """`params[i][j]`: choice j of prompt i; its index is i * n + j, as in OpenAI's API. `where`
         names the prompt in error messages."""
         self.cluster, self.metrics = cluster, metrics
@@ -52,7 +52,7 @@ class Generation:
         try:
             for ids, ps in zip(prompts, params):
                 for sp in ps:
-                    detok = IncrementalDetokenizer(cluster.tokenizer, ids, sp.stop, skip_special_tokens)
+                    detok = IncrementalDetokenizer(cluster.tokenizer, ids, sp.stop, sp.skip_special_tokens)
                     c = _Choice(len(self.choices), detok)
                     self.choices.append(c)
                     c.request_id = cluster.submit(ids, sp, self._callback(c), where)

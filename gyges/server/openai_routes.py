@@ -25,7 +25,7 @@ def openai_routes(v1: APIRouter, cluster, settings, metrics: ServerMetrics):
     def start(req, prompts: list[list[int]], max_tokens: int | None, logprobs: int | None, where: str) -> Generation:
         params = [[req.sampling_params(max_tokens, logprobs, j) for j in range(req.n)] for _ in prompts]
         try:
-            return Generation(cluster, metrics, prompts, params, req.skip_special_tokens, where)
+            return Generation(cluster, metrics, prompts, params, where)
         except Exception as e:
             raise api_error(e, where) from e
 

@@ -63,7 +63,8 @@ class _Sampling(BaseModel):
             seed=None if self.seed is None else self.seed + choice, stop=self.stops,
             stop_token_ids=list(self.stop_token_ids or []), ignore_eos=self.ignore_eos, min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty, logprobs=logprobs)
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty, logprobs=logprobs,
+            skip_special_tokens=self.skip_special_tokens)
 
 
 class CompletionRequest(_Sampling):

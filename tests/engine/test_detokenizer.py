@@ -94,3 +94,13 @@ def test_finish_releases_an_incomplete_character_as_the_full_decode_does(smol_to
                                              ("abc", ["abc"], 0), ("", ["a"], 0), ("aa", ["aab"], 2)])
 def test_held_back_is_the_longest_suffix_that_is_a_proper_stop_prefix(text, stops, n):
     assert held_back(text, stops) == n
+
+
+def test_a_stop_string_in_a_special_token_matches_only_when_special_tokens_are_kept(smol_tokenizer):
+    tok = smol_tokenizer
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ids = [*tok.encode("a b", add_special_tokens=False), end, *tok.encode(" c", add_special_tokens=False)]
+    kept = IncrementalDetokenizer(tok, [], stop=["<|im_end|>"], skip_special_tokens=False)
+    assert "".join(stream(kept, ids)) == "a b" and kept.stopped and kept.used == 3
+    skipped = IncrementalDetokenizer(tok, [], stop=["<|im_end|>"])
+    assert "".join(stream(skipped, ids)) == "a b c" and not skipped.stopped

@@ -13,6 +13,8 @@ def test_sampling_params_map_openai_fields_and_give_each_choice_its_own_seed():
     assert a.stop_token_ids == [5] and req.sampling_params(None, None, 0).max_tokens is None
     defaults = CompletionRequest(prompt="hi").sampling_params(16, None, 0)
     assert (defaults.temperature, defaults.top_p, defaults.frequency_penalty) == (1.0, 1.0, 0.0)
+    assert defaults.skip_special_tokens
+    assert not CompletionRequest(prompt="hi", skip_special_tokens=False).sampling_params(8, None, 0).skip_special_tokens
 
 
 def test_prompt_forms():
