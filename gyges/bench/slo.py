@@ -136,3 +136,30 @@ def missed_already(prompt_len: int, waited_s: float, ttft_s: float | None, faile
         return False
     limit = slo["ttft"] * baseline.ttft(prompt_len)
     return (ttft_s if ttft_s is not None else waited_s) > limit
+
+
+def class_of(need_tokens: int, capacity_by_tp: dict[int, int]) -> int | None:
+    """A request's class: the smallest TP degree whose instance holds its KV need (None: none does)."""
+    return next((t for t in sorted(capacity_by_tp) if capacity_by_tp[t] >= need_tokens), None)
+
+
+def per_class(outcomes: list[tuple[int | None, bool]]) -> dict[int | None, tuple[int, int]]:
+    """(class, met the SLO) of each request -> class -> (met, requests)."""
+    out: dict[int | None, tuple[int, int]] = {}
+    for cls, met in outcomes:
+        m, n = out.get(cls, (0, 0))
+        out[cls] = (m + met, n + 1)
+    return out
+
+
+def class_meets(met: int, requests: int, target: float = 0.9) -> bool:
+    """A class meets the target when `target` of its requests met the SLO, or, in a class of fewer than
+    20, all but 2 did: a few long requests cannot be held to a percentage."""
+    return met >= target * requests - 1e-9 or (requests < 20 and requests - met <= 2)
+
+
+def attains(overall: float, classes: dict[int | None, tuple[int, int]], rejected: int, target: float = 0.9) -> bool:
+    """"Max rate at SLO" holds at a rate when `target` of all requests met the SLO, every class did
+    (`class_meets`), and no request was rejected: a layout that rejects or starves the few long
+    requests must not win on the rest."""
+    return overall >= target - 1e-9 and rejected == 0 and all(class_meets(m, n, target) for m, n in classes.values())

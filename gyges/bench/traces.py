@@ -111,3 +111,12 @@ def load_trace(name_or_path: str | Path) -> list[TraceRequest]:
             return parse(f)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+
+
+def write_trace(reqs: list[TraceRequest], path: str | Path):
+    """Requests as a Mooncake JSONL file (`timestamp` in ms), which `load_trace` and `gyges bench` read."""
+    with open(path, "w") as f:
+        for r in reqs:
+            f.write(json.dumps({"timestamp": round(r.arrival_s * 1000, 3), "input_length": r.input_len,
+                                "output_length": r.output_len, **({"hash_ids": list(r.hash_ids)} if r.hash_ids else {})})
+                    + "\n")

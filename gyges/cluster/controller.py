@@ -10,6 +10,7 @@ simulator's devices: only the backend differs. Its parts, each owning its state:
 (`recovery.py`) and what it shows (`views.py`).
 """
 import logging
+from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from gyges.transform.plan import TransformError
 log = logging.getLogger("gyges")
 
 TICK_S = 1.0  # the policy looks again this often when nothing else happens
+RECENT = 1024  # arrivals the snapshot shows the planner, newest last
 
 
 @dataclass(eq=False)
@@ -72,7 +74,7 @@ class Controller:
 
     def __init__(self, backend: Backend, layout: DeviceLayout, cfg: ControllerConfig, policy, eos_ids: set[int],
                  sizes: list[int], on_output: OutputSink, restart: Callable[[list[int]], Backend] | None = None,
-                 on_transform: Callable[[TransformRecord], None] | None = None):
+                 on_transform: Callable[[TransformRecord], None] | None = None, home: ps.HomeLayout | None = None):
         self.backend, self.cfg, self.policy = backend, cfg, policy
         self.eos_ids, self.on_output, self.on_transform = eos_ids, on_output, on_transform
         limits = SchedulerLimits(cfg.max_tp, cfg.block_tokens, cfg.max_num_seqs, cfg.max_batched_tokens,
@@ -83,12 +85,18 @@ class Controller:
         self.views = Views(self.instances, self.transitions, self.recovery, cfg.host_devices)
         self.inbox = Inbox(lambda: self.backend.wake())
         self.held: list[Sequence] = []
+        self.home = home  # the planner's state, kept for it (SetHome)
+        self.home_changes = 0
+        self._recent: deque[ps.RequestView] = deque(maxlen=RECENT)
+        self._recent_view: tuple[ps.RequestView, ...] = ()
         self._next_tick = backend.now() + TICK_S
         self.prompt_tokens = self.generation_tokens = 0
         self.step_fits: dict[int, StepTimeFit] = {}  # TP degree -> its steps' time over their tokens
         # read by other threads without asking the loop (each a value replaced whole)
         self.queued = 0  # requests held or waiting in an instance, as of the loop's last pass
         self.kv_limit = self.policy.limit(self.snapshot())  # (KV tokens, what sets it): the most one request may need
+        if home is None:
+            self._decide(ps.Tick())  # a planning policy sets its home layout now, not at the first tick
 
     @property
     def down(self) -> str | None:
@@ -284,7 +292,10 @@ class Controller:
     def _arrive(self, seq: Sequence):
         seq.arrival = self.backend.now()
         self.held.append(seq)
-        self._decide(ps.Arrival(request_view(seq)))
+        view = request_view(seq)
+        self._recent.append(view)
+        self._recent_view = None
+        self._decide(ps.Arrival(view))
 
     def _outgrown(self, seq: Sequence):
         """A request that no longer fits its instance even alone goes back to the policy, which may
@@ -324,13 +335,14 @@ class Controller:
     # the policy
 
     def snapshot(self) -> ps.Snapshot:
-        return self.views.snapshot(self.backend.now(), self.held)
+        if self._recent_view is None:
+            self._recent_view = tuple(self._recent)
+        return self.views.snapshot(self.backend.now(), self.held, self._recent_view, self.home)
 
     def _tick(self):
         if self.backend.now() >= self._next_tick:
             self._next_tick = self.backend.now() + TICK_S
-            if self.held or any(i.tp > 1 for i in self.instances) or self.transitions.pending:
-                self._decide(ps.Tick())
+            self._decide(ps.Tick())
 
     def _decide(self, event):
         for action in self.policy.decide(self.snapshot(), event):
@@ -355,6 +367,11 @@ class Controller:
             self._start("merge", sorted(a.devices), 0, a.reason)
         elif isinstance(a, ps.Split):
             self._start("split", self.instances.of(a.instance).devices, a.parts, a.reason)
+        elif isinstance(a, ps.SetHome):
+            if self.home is not None and a.home.sizes != self.home.sizes:
+                self.home_changes += 1
+                log.info("home layout %s -> %s: %s", self.home.sizes, a.home.sizes, a.home.reason)
+            self.home = a.home
         # Hold: the request stays in `held` and is offered again on the next event
 
     def _take_held(self, seq_id: int) -> Sequence | None:
@@ -427,7 +444,7 @@ class Controller:
 
     def describe(self) -> dict:
         """The body of /v1/cluster."""
-        return self.views.describe(len(self.held))
+        return self.views.describe(len(self.held), self.home)
 
     def stats(self) -> ClusterStats:
-        return self.views.stats(len(self.held), self.prompt_tokens, self.generation_tokens)
+        return self.views.stats(len(self.held), self.prompt_tokens, self.generation_tokens, self.home_changes)

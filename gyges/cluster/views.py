@@ -18,6 +18,7 @@ class ClusterStats:
     instances_by_tp: dict[int, int]
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    home_changes: int = 0               # times the planner changed the home layout
 
 
 def request_view(seq: Sequence) -> ps.RequestView:
@@ -43,7 +44,8 @@ class Views:
                                          tuple(request_view(s) for s in inst.scheduler.waiting))
         return views
 
-    def snapshot(self, now: float, held: list[Sequence]) -> ps.Snapshot:
+    def snapshot(self, now: float, held: list[Sequence], recent: tuple[ps.RequestView, ...] = (),
+                 home: ps.HomeLayout | None = None) -> ps.Snapshot:
         bt, lay, tr = self.instances.limits.block_tokens, self.instances.layout, self.transitions
         insts = tuple(ps.InstanceView(
             i.id, tuple(i.devices), i.pool.total_blocks * bt, i.pool.free_blocks * bt,
@@ -56,13 +58,16 @@ class Views:
         caps = {t: lay.kv_tokens(t) for t in (1 << k for k in range(max_tp.bit_length()))}
         host = n if self.host_devices is None else min(self.host_devices, n)
         return ps.Snapshot(now, n, max_tp, host, caps, insts, tuple(request_view(s) for s in held), pending,
-                           tuple(tr.refused.values()))
+                           tuple(tr.refused.values()), recent, home)
 
-    def describe(self, held: int) -> dict:
-        """The layout and the transformation history: the body of /v1/cluster."""
+    def describe(self, held: int, home: ps.HomeLayout | None) -> dict:
+        """The layout, the planner's home layout and the transformation history: the body of /v1/cluster."""
         bt, p = self.instances.limits.block_tokens, self.transitions.pending
         return {
             "devices": sum(self.instances.sizes),
+            "home_layout": None if home is None else {
+                "sizes": list(home.sizes), "since": home.since, "planned_at": home.planned_at, "reason": home.reason,
+                "pinned": home.pinned, "priced_device_s": {",".join(map(str, s)): v for s, v in home.priced}},
             "instances": [{"id": i.id, "devices": i.devices, "tp": i.tp, "running": len(i.scheduler.running),
                            "waiting": len(i.scheduler.waiting), "kv_capacity_tokens": i.pool.total_blocks * bt,
                            "kv_free_tokens": i.pool.free_blocks * bt} for i in self.instances],
@@ -76,11 +81,11 @@ class Views:
             "failures": [reason for _, reason in self.recovery.failures],
         }
 
-    def stats(self, held: int, prompt_tokens: int, generation_tokens: int) -> ClusterStats:
+    def stats(self, held: int, prompt_tokens: int, generation_tokens: int, home_changes: int) -> ClusterStats:
         usage, by_tp = {}, {}
         for inst in self.instances:
             by_tp[inst.tp] = by_tp.get(inst.tp, 0) + 1
             usage |= inst.pool.usage()
         return ClusterStats(sum(len(i.scheduler.running) for i in self.instances),
                             sum(len(i.scheduler.waiting) for i in self.instances) + held, usage, by_tp,
-                            prompt_tokens, generation_tokens)
+                            prompt_tokens, generation_tokens, home_changes)

@@ -144,6 +144,9 @@ class DeviceLayout:
     replicated_pages: int
     slab_pages: int
     num_pages: int
+    # every device keeps the whole model at every degree (sequence parallelism, modelled by the simulator):
+    # a merge frees no weight pages and a split fetches none
+    whole_weights: bool = False
 
     @property
     def max_tp(self) -> int:
@@ -163,7 +166,7 @@ class DeviceLayout:
 
     def weight_pages(self, tp: int, rank: int) -> range:
         """The one contiguous page range of rank `rank`'s shard at TP `tp`."""
-        groups = head_groups(self.max_tp, tp, rank)
+        groups = head_groups(self.max_tp, 1 if self.whole_weights else tp, 0 if self.whole_weights else rank)
         return range(self.slab_pages_of(groups.start).start, self.slab_pages_of(groups.stop - 1).stop)
 
     def free_pages(self, tp: int, rank: int) -> list[int]:
@@ -181,7 +184,7 @@ class DeviceLayout:
         return self.kv_capacity(tp) // units_per_block(self.max_tp, tp) * self.unit.block_tokens
 
     def min_pages(self, tp: int) -> int:
-        return self.replicated_pages + self.slab_pages * units_per_block(self.max_tp, tp)
+        return self.replicated_pages + self.slab_pages * units_per_block(self.max_tp, 1 if self.whole_weights else tp)
 
 
 def _place(entries: list[tuple[str, tuple[int, ...]]]) -> tuple[dict[str, Slot], int]:
@@ -193,7 +196,7 @@ def _place(entries: list[tuple[str, tuple[int, ...]]]) -> tuple[dict[str, Slot],
 
 
 def device_layout(config: ModelConfig, max_tp: int, block_tokens: int, dtype_bytes: int,
-                  memory_bytes: int) -> DeviceLayout:
+                  memory_bytes: int, whole_weights: bool = False) -> DeviceLayout:
     if max_tp < 1 or max_tp & (max_tp - 1):
         raise ValueError(f"max_tp must be a power of two, got {max_tp}")
     pad = HeadPadding.of(config, max_tp)
@@ -215,4 +218,4 @@ def device_layout(config: ModelConfig, max_tp: int, block_tokens: int, dtype_byt
     rep_slots, rep_elems = _place(replicated)
     shard_slots, shard_elems = _place(shard)
     return DeviceLayout(config, pad, unit, rep_slots, shard_slots, -(-rep_elems // page_elems),
-                        -(-shard_elems // page_elems), memory_bytes // unit.nbytes)
+                        -(-shard_elems // page_elems), memory_bytes // unit.nbytes, whole_weights)

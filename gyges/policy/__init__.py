@@ -8,7 +8,7 @@ from gyges.policy.policy import GygesPolicy, StaticPolicy
 
 POLICIES: dict[str, Callable[[CostModel, PolicyConfig], StaticPolicy]] = {
     "gyges": lambda cost, config: GygesPolicy(cost, config),    # merges and splits with the traffic
-    "static": lambda cost, config: StaticPolicy(config),        # keeps the start-up layout
+    "static": lambda cost, config: StaticPolicy(config, cost),  # keeps the start-up layout
 }
 
 

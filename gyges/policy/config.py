@@ -19,6 +19,17 @@ class PolicyConfig:
     switch_tokens: int = 16       # KV tokens per request left for the switch after pre-copy (about a block)
     refusal_retry_s: float = 5.0  # a refused merge or split is proposed again after this long, or as soon as
                                   # the requests running on its devices change
+    # the layout planner (planner.py)
+    home_layout: tuple[int, ...] | None = None  # pinned home layout of a host (--home-layout); None: planned
+    replan_s: float = 10.0        # how often the home layout is planned again
+    plan_window_s: float = 60.0   # the recent arrivals it is planned for ...
+    plan_min_requests: int = 32   # ... at least this many of them
+    home_margin: float = 0.1      # a new home must take this fraction fewer device-seconds than the present one
+    home_persistence: int = 2     # ... at this many re-plans in a row
+    # the router (router.py)
+    soon_factor: float = 2.0      # an instance starts a request soon when its predicted TTFT there is within
+                                  # this multiple of the request's own prefill time
+    router: str = "latency"       # "latency" (router.py) or "freeness" (room per request only, as before)
 
     def __post_init__(self):
         if self.output_estimate < 1 or self.max_num_seqs < 1 or self.max_batched_tokens < 1 or self.switch_tokens < 0:
@@ -28,3 +39,11 @@ class PolicyConfig:
             raise ValueError("min_dwell_s, gain_margin and refusal_retry_s must be non-negative")
         if not 0 < self.split_max_utilization <= 1:
             raise ValueError(f"split_max_utilization must be in (0, 1], got {self.split_max_utilization}")
+        if self.home_layout is not None and (not self.home_layout or any(s < 1 or s & (s - 1) for s in self.home_layout)):
+            raise ValueError(f"a home layout is instance sizes that are powers of two, got {self.home_layout}")
+        if self.replan_s <= 0 or self.plan_window_s <= 0 or self.plan_min_requests < 1 or self.home_persistence < 1:
+            raise ValueError("replan_s, plan_window_s, plan_min_requests and home_persistence must be positive")
+        if not 0 <= self.home_margin < 1 or self.soon_factor < 1:
+            raise ValueError("home_margin must be in [0, 1) and soon_factor at least 1")
+        if self.router not in ("latency", "freeness"):
+            raise ValueError(f"router must be latency or freeness, got {self.router!r}")

@@ -167,26 +167,41 @@ class StepSample:
 
 
 class CostModel:
+    WHOLE_WEIGHTS = False  # every device of an instance keeps the whole model (a sequence-parallel peer's model)
+
     def __init__(self, model: ModelProfile, hw: HardwareProfile):
         self.model, self.hw = model, hw
+        self._units: tuple[float, ...] | None = None  # unit_costs, once
+        self._per_tp: dict[int, tuple] = {}  # each degree's per-token constants of `terms`
+        self._chunks: dict[tuple[int, int], float] = {}  # (degree, prefill chunk) -> its step time
 
-    def quantities(self, tp: int, load: StepLoad) -> np.ndarray:
-        """[bytes read, FLOPs, all-reduce bytes, all-reduces, steps] of one device (rank 0, which also
+    def terms(self, tp: int, load: StepLoad) -> tuple[float, float, float, float, float]:
+        """(bytes read, FLOPs, all-reduce bytes, all-reduces, steps) of one device (rank 0, which also
         runs the head): the step time is their dot product with `unit_costs`. Bytes and FLOPs are
-        scaled up by 1 / tp_efficiency per doubling of `tp`."""
+        scaled up by 1 / tp_efficiency per doubling of `tp`. Plain floats over per-degree constants:
+        the simulator and the router price hundreds of thousands of steps."""
+        if load.tokens == 0:
+            self.model.check_tp(tp)
+            return 0.0, 0.0, 0.0, 0.0, 0.0
+        c = self._per_tp.get(tp) or self._constants(tp)
+        weights, head_bytes, kv_bytes, token_flops, head_flops, pair_flops, reduces, ring, slow = c
+        read = weights + (head_bytes if load.decode_tokens else 0) + load.kv_tokens * kv_bytes
+        flops = load.tokens * token_flops + load.decode_tokens * head_flops + load.context_tokens * pair_flops
+        return read / slow, flops / slow, ring * load.tokens, reduces, 1.0
+
+    def _constants(self, tp: int) -> tuple:
         m = self.model
         m.check_tp(tp)
-        if load.tokens == 0:
-            return np.zeros(5)
         head = m.vocab * m.hidden  # logits for decode rows only; a prefill's last row is noise beside its chunk
-        attn_pair_flops = 4 * m.layers * m.padded_heads * m.head_dim / tp
-        read = ((m.sharded_params / tp + (head if load.decode_tokens else 0)) * m.dtype_bytes
-                + load.kv_tokens * m.kv_bytes_per_token / tp)
-        flops = 2 * load.tokens * m.sharded_params / tp + 2 * load.decode_tokens * head + load.context_tokens * attn_pair_flops
         reduces = 2 * m.layers if tp > 1 else 0
-        ring_bytes = reduces * 2 * (tp - 1) / tp * load.tokens * m.hidden * m.dtype_bytes
-        slow = self.hw.tp_efficiency ** math.log2(tp)  # 1.0 at TP1
-        return np.array([read / slow, flops / slow, ring_bytes, reduces, 1.0])
+        c = (m.sharded_params / tp * m.dtype_bytes, head * m.dtype_bytes, m.kv_bytes_per_token / tp,
+             2 * m.sharded_params / tp, 2 * head, 4 * m.layers * m.padded_heads * m.head_dim / tp, reduces,
+             reduces * 2 * (tp - 1) / tp * m.hidden * m.dtype_bytes, self.hw.tp_efficiency ** math.log2(tp))
+        self._per_tp[tp] = c
+        return c
+
+    def quantities(self, tp: int, load: StepLoad) -> np.ndarray:
+        return np.array(self.terms(tp, load))
 
     def unit_costs(self) -> np.ndarray:
         h = self.hw
@@ -195,7 +210,18 @@ class CostModel:
 
     def step_time(self, tp: int, load: StepLoad) -> float:
         """Seconds one step of a TP-`tp` instance takes for `load` (0 when it has nothing to compute)."""
-        return float(self.quantities(tp, load) @ self.unit_costs())
+        if self._units is None:
+            self._units = tuple(float(u) for u in self.unit_costs())
+        return sum(q * u for q, u in zip(self.terms(tp, load), self._units))
+
+    def prefill_time(self, tp: int, prompt: int, chunk: int) -> float:
+        """Seconds a prompt alone takes on an idle TP-`tp` instance, in chunks of `chunk` tokens (each
+        chunk priced as the first: the cached prefix's share is small beside the chunk's matmuls)."""
+        chunk = max(1, min(prompt, chunk))
+        key = (tp, chunk)
+        if key not in self._chunks:
+            self._chunks[key] = self.step_time(tp, StepLoad(chunk, 0, chunk * (chunk + 1) / 2, chunk))
+        return -(-prompt // chunk) * self._chunks[key]
 
     def decode_time(self, tp: int, decode_lens: Iterable[int], steps: int) -> float:
         """Seconds for `steps` decode steps of an unchanging batch (the simulator's fast-forward between
@@ -209,7 +235,7 @@ class CostModel:
 
     def kv_capacity_tokens(self, tp: int, block_tokens: int = 1) -> int:
         """KV tokens an empty TP-`tp` instance holds: each device's memory minus its weights, in whole blocks."""
-        per_device = self.hw.memory_bytes - self.model.weight_bytes(tp)
+        per_device = self.hw.memory_bytes - self.model.weight_bytes(1 if self.WHOLE_WEIGHTS else tp)
         if per_device <= 0:
             return 0
         tokens = per_device * tp // self.model.kv_bytes_per_token

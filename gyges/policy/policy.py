@@ -1,25 +1,22 @@
 """Where each request goes, and when instances merge or split: `decide(snapshot, event) -> actions`.
 
-Pure and reactive: the actions depend on the snapshot and the event only (no clock, no randomness,
-no prediction of arrivals). Requests the policy held are offered again on every event, before the
-event's own arrival, and each offered request gets exactly one Route, Hold or Reject.
+Pure: the actions depend on the snapshot and the event only (no clock, no randomness of its own).
+The planner's state travels in the snapshot (`Snapshot.home`, kept by the controller from the
+`SetHome` actions). Requests the policy held are offered again on every event, before the event's
+own arrival, and each offered request gets exactly one Route, Hold or Reject.
 """
 from dataclasses import replace
 
 from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel
+from gyges.policy.homing import above_home, toward_home
 from gyges.policy.load import freeness, room
-from gyges.policy.reshape import (best_split, blocked_groups, degrees, free_after_merge, merge_for, pending_merge,
-                                  pressure_merge, price_merge, ride_along, wait_for_room)
+from gyges.policy.planner import replan, start_layout
+from gyges.policy.reshape import (blocked_groups, degrees, free_after_merge, merge_for, pending_merge, price_merge,
+                                  ride_along, wait_for_room)
+from gyges.policy.router import least_ttft, soonest
 from gyges.policy.snapshot import (Action, Arrival, Event, Hold, InstanceView, Merge, Reject, RequestView, Route,
-                                   Snapshot, Split)
-
-
-def route_target(instances: tuple[InstanceView, ...], need: int) -> InstanceView | None:
-    """The instance with the most room per request among those that can ever hold `need` tokens and
-    take requests now; a full one still qualifies (the request queues there), a too-small one never."""
-    fits = [i for i in instances if not i.transforming and i.kv_capacity_tokens >= need]
-    return max(fits, key=lambda i: (freeness(i), -i.id), default=None)
+                                   SetHome, Snapshot)
 
 
 class Plan:
@@ -32,6 +29,10 @@ class Plan:
         self._instances = {i.id: i for i in snap.instances}
         self.busy = snap.pending is not None
         self.blocked = blocked_groups(snap, snap.instances, refusal_retry_s)
+        self.home = snap.home  # the home layout, as this decision re-plans it
+
+    def devices_of(self, instance: int) -> tuple[int, ...]:
+        return self._instances[instance].devices
 
     @property
     def instances(self) -> tuple[InstanceView, ...]:
@@ -53,14 +54,16 @@ def _offered(snap: Snapshot, event: Event) -> list[RequestView]:
 
 
 class StaticPolicy:
-    """Routes like GygesPolicy on a layout that never changes; what no instance of it holds is rejected."""
+    """A layout that never changes; what no instance of it holds is rejected. Routing: `config.router`
+    "latency" (router.py, needs `cost`) or "freeness" (the most room per request, as before)."""
 
-    def __init__(self, config: PolicyConfig | None = None):
+    def __init__(self, config: PolicyConfig | None = None, cost: CostModel | None = None):
         self.config = config or PolicyConfig()
+        self.cost = cost
 
     def decide(self, snap: Snapshot, event: Event) -> list[Action]:
         plan = Plan(snap, self.config.refusal_retry_s)
-        actions: list[Action] = []
+        actions: list[Action] = self._plan_home(plan)
         for r in _offered(snap, event):
             actions += self._place(plan, r)
         return actions + self._reshape(plan)
@@ -70,15 +73,34 @@ class StaticPolicy:
         big = max(snap.instances, key=lambda i: (i.kv_capacity_tokens, -i.id))
         return big.kv_capacity_tokens, f"the largest instance of this layout (TP{big.tp})"
 
+    @property
+    def latency_router(self) -> bool:
+        return self.config.router == "latency" and self.cost is not None
+
+    def _plan_home(self, plan: Plan) -> list[Action]:
+        return []
+
     def _place(self, plan: Plan, r: RequestView) -> list[Action]:
         limit, what = self.limit(plan.snap)
         if r.need_tokens > limit:
             return [Reject(r.id, f"the request needs {r.need_tokens} KV tokens (a {r.prompt_tokens}-token prompt "
                                  f"plus its output); {what} holds at most {limit}")]
-        target = route_target(plan.instances, r.need_tokens)
+        target = self._route(plan, r, [i for i in plan.instances if not i.transforming
+                                       and i.kv_capacity_tokens >= r.need_tokens])
         if target is not None:
             return [plan.route(r, target)]
         return self._no_room(plan, r)
+
+    def _route(self, plan: Plan, r: RequestView, holders: list[InstanceView]) -> InstanceView | None:
+        """Where a request goes among the instances that hold it (None: none does)."""
+        if not self.latency_router:
+            return max(holders, key=lambda i: (freeness(i), -i.id), default=None)
+        draining = above_home(plan.snap, plan.instances, plan.snap.home)
+        return (soonest(self.cost, holders, r, self.config, draining, need_room=False)
+                or least_ttft(self.cost, holders, r, self.config, draining, self._wait(r)))
+
+    def _wait(self, r: RequestView):
+        return lambda i: wait_for_room(self.cost, i, r.need_tokens, self.config.max_num_seqs)
 
     def _no_room(self, plan: Plan, r: RequestView) -> list[Action]:
         return [Hold(r.id, "every instance that can hold it is transforming")]
@@ -88,26 +110,43 @@ class StaticPolicy:
 
 
 class GygesPolicy(StaticPolicy):
-    """Keeps devices as small instances; merges when a request fits none of them, or when KV-starved
-    instances would serve more merged; splits back when the parts serve more. One transformation at
-    a time; every merge or split that is not forced must earn back its stall (see reshape.py)."""
+    """Keeps each host in the home layout the planner picks for the recent traffic (planner.py),
+    moving towards it one cheap transformation at a time (homing.py); merges when a request fits no
+    instance, or when a merge starts a long request sooner than queueing; routes each request where it
+    starts soonest (router.py). One transformation at a time."""
 
     def __init__(self, cost: CostModel, config: PolicyConfig | None = None):
-        super().__init__(config)
-        self.cost = cost
+        super().__init__(config, cost)
 
     def limit(self, snap: Snapshot) -> tuple[int, str]:
         tp = degrees(snap)[-1]
         return snap.kv_capacity_by_tp[tp], f"the largest instance this cluster can form (TP{tp})"
 
+    def start_layout(self, snap: Snapshot, window: tuple[RequestView, ...]) -> tuple[int, ...]:
+        """The instance sizes to start each host in, for traffic like `window` (planner.start_layout)."""
+        return start_layout(self.cost, snap, window, self.config)
+
+    def _plan_home(self, plan: Plan) -> list[Action]:
+        home = replan(self.cost, plan.snap, self.config)
+        if home is None:
+            return []
+        plan.home = home
+        return [SetHome(home)]
+
     def _place(self, plan: Plan, r: RequestView) -> list[Action]:
-        """Among instances that can hold it, those with room for it now come first, then those of a merge
-        in pre-copy that it can ride along with (`ride_along`); when none has room, a second instance of
-        the needed degree may be merged rather than queueing it (`_queue_or_merge`)."""
+        """Among instances that can hold it, those that would start it soon with room for it now come
+        first, then those of a merge in pre-copy that it can ride along with (`ride_along`); when none
+        has room, a second instance of the needed degree may be merged rather than queueing it
+        (`_queue_or_merge`), else it goes where it starts soonest."""
         holders = [i for i in plan.instances if not i.transforming and i.kv_capacity_tokens >= r.need_tokens]
-        roomy = tuple(i for i in holders if room(i) >= r.need_tokens)
-        if roomy:
-            return [plan.route(r, route_target(roomy, r.need_tokens))]
+        draining = above_home(plan.snap, plan.instances, plan.home)
+        if self.latency_router:
+            target = soonest(self.cost, holders, r, self.config, draining, need_room=True)
+        else:
+            roomy = [i for i in holders if room(i) >= r.need_tokens]
+            target = max(roomy, key=lambda i: (freeness(i), -i.id), default=None)
+        if target is not None:
+            return [plan.route(r, target)]
         rider = ride_along(plan.snap, plan.instances, r, self.config.switch_tokens)
         if rider is not None:
             return [plan.route(r, rider)]
@@ -152,17 +191,10 @@ class GygesPolicy(StaticPolicy):
         return [Merge(group.devices, reason), Hold(r.id, f"waiting for the merge of devices {list(group.devices)}")]
 
     def _reshape(self, plan: Plan) -> list[Action]:
-        if plan.busy:
+        if plan.busy or plan.home is None:
             return []
-        merge = pressure_merge(self.cost, plan.snap, plan.instances, self.config, plan.blocked)
-        if merge is not None:
-            plan.start(merge.group.devices)
-            return [Merge(merge.group.devices, f"KV-starved instances: merged serves {merge.after:.0f} tokens/s "
-                                               f"instead of {merge.before:.0f}")]
-        split = best_split(self.cost, plan.snap, plan.instances, self.config, plan.blocked)
-        if split is not None:
-            inst = split.group.members[0]
-            plan.start(inst.devices)
-            return [Split(inst.id, split.parts, f"{split.parts} parts serve {split.after:.0f} tokens/s "
-                                                f"instead of {split.before:.0f}")]
-        return []
+        move = toward_home(self.cost, plan.snap, plan.instances, plan.home, self.config, plan.blocked)
+        if move is None:
+            return []
+        plan.start(move.devices if isinstance(move, Merge) else plan.devices_of(move.instance))
+        return [move]

@@ -51,6 +51,20 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class HomeLayout:
+    """The planner's state, which the controller keeps for it between decisions: the layout each host
+    should have for the recent traffic, and how it was chosen."""
+    sizes: tuple[int, ...]                     # instance sizes of one host, largest first
+    since: float                               # when it became the home layout
+    planned_at: float                          # the last re-plan
+    reason: str = ""
+    priced: tuple[tuple[tuple[int, ...], float], ...] = ()  # candidates and their device-seconds, best first
+    challenger: tuple[int, ...] | None = None  # a layout that beat it at the last re-plans, not yet adopted
+    streak: int = 0                            # re-plans in a row the challenger won
+    pinned: bool = False                       # set by the operator (--home-layout): never re-planned
+
+
+@dataclass(frozen=True)
 class Snapshot:
     time: float
     devices: int
@@ -61,6 +75,8 @@ class Snapshot:
     held: tuple[RequestView, ...] = ()         # requests the policy held (waiting for a merge)
     pending: PendingTransform | None = None
     refused: tuple[Refusal, ...] = ()          # the latest refusal of each group, oldest first
+    recent: tuple[RequestView, ...] = ()       # the latest arrivals, oldest first (the planner's window)
+    home: HomeLayout | None = None             # the planner's state (None: not planned yet)
 
 
 # events
@@ -129,4 +145,10 @@ class Split:
     reason: str
 
 
-Action = Route | Hold | Reject | Merge | Split
+@dataclass(frozen=True)
+class SetHome:
+    """Keep this planner state for the next decisions (the controller stores it and shows it)."""
+    home: HomeLayout
+
+
+Action = Route | Hold | Reject | Merge | Split | SetHome

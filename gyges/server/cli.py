@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from gyges.cluster.args import add_cluster_args, cluster_config
+from gyges.cluster.config import parse_layout
 from gyges.policy import POLICIES
 
 
@@ -35,6 +36,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="on SIGINT/SIGTERM, seconds running requests may take to finish")
     p.add_argument("--output-estimate", type=int, default=1024,
                    help="output tokens the policy plans KV for when a request sets no max_tokens")
+    p.add_argument("--home-layout", default=None,
+                   help="with --policy gyges: pin the home layout (instance sizes, e.g. 2,1,1) instead of planning it "
+                        "from the traffic; the rest of the policy (forced merges, routing) stays on")
     p.add_argument("--min-dwell", type=float, default=10.0,
                    help="seconds a merged instance serves before the policy may split it (against thrashing)")
     p.add_argument("--cost-profile", default=None,
@@ -53,10 +57,14 @@ def serve(args) -> int:
     from gyges.server.app import ServerSettings, build_app
     if args.static_layout and args.policy != "static":
         raise ValueError("--static-layout needs --policy static")
+    if args.home_layout and args.policy != "gyges":
+        raise ValueError("--home-layout needs --policy gyges")
+    home = tuple(parse_layout(args.home_layout, args.devices, args.max_tp or args.devices & -args.devices)) \
+        if args.home_layout else None
     cfg = dataclasses.replace(cluster_config(args), layout=args.static_layout)
     serve_cfg = ServeConfig(policy=args.policy, output_estimate=args.output_estimate,
                             max_queued_requests=args.max_queued_requests, max_model_len=args.max_model_len,
-                            min_dwell_s=args.min_dwell, cost_profile=args.cost_profile)
+                            min_dwell_s=args.min_dwell, cost_profile=args.cost_profile, home_layout=home)
     template = Path(args.chat_template).read_text() if args.chat_template else None
     name = args.served_model_name or args.model or resolve_model(None).stem
     # Ctrl-C signals the whole process group: the workers and the loop's thread inherit a block on

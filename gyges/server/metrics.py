@@ -58,7 +58,8 @@ class _ClusterCollector:
             g.add_metric([m], value)
             yield g
         for name, doc, value in (("prompt_tokens", "Prompt tokens prefilled.", s.prompt_tokens),
-                                 ("generation_tokens", "Tokens generated.", s.generation_tokens)):
+                                 ("generation_tokens", "Tokens generated.", s.generation_tokens),
+                                 ("home_layout_changes", "Times the planner changed the home layout.", s.home_changes)):
             c = CounterMetricFamily(f"gyges:{name}", doc, labels=["model_name"])
             c.add_metric([m], value)
             yield c

@@ -15,6 +15,7 @@ from gyges.memory.layout import DeviceLayout, device_layout
 from gyges.model.config import ModelConfig
 from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel, HardwareProfile, ModelProfile, StepLoad
+from gyges.policy.snapshot import HomeLayout, RequestView, Snapshot
 from gyges.sim.backend import TOKEN, SimBackend
 from gyges.sim.layouts import aligned
 from gyges.sim.stretch import decode_stretch
@@ -59,7 +60,8 @@ class Setup:
         return {t: cost.kv_capacity_tokens(t, self.block_tokens) for t in (1, 2, 4, 8) if t <= self.max_tp}
 
     def layout(self) -> DeviceLayout:
-        return device_layout(self.model, self.max_tp, self.block_tokens, self.dtype_bytes, self.hw.memory_bytes)
+        return device_layout(self.model, self.max_tp, self.block_tokens, self.dtype_bytes, self.hw.memory_bytes,
+                             self.cost_model.WHOLE_WEIGHTS)
 
     def sizes(self, per_host: tuple[int, ...]) -> list[int]:
         """Instance sizes over every host, each host cut as `per_host` (aligned, largest first)."""
@@ -109,10 +111,12 @@ class GiveUp:
     max_misses: int
 
 
-def simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[int, ...] = (1,) * 8,
+def simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[int, ...] | None = None,
              progress: bool = False, give_up: GiveUp | None = None) -> SimResult:
-    """The cyclic garbage collector is off while it runs: thousands of live prompts (lists of up to
-    100k token ids) made each full collection scan them all, for no garbage (the run makes few cycles)."""
+    """`per_host`: each host's instance sizes at the start; None: the policy's `start_layout` for the
+    trace's first window (a policy that plans its layout). The cyclic garbage collector is off while
+    it runs: thousands of live prompts (lists of up to 100k token ids) made each full collection scan
+    them all, for no garbage (the run makes few cycles)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -171,7 +175,12 @@ def _simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[i
             if misses:
                 misses.finished(seq.id, o)
 
-    ctl = Controller(backend, setup.layout(), cfg, policy, set(), setup.sizes(per_host), on_output)
+    layout = setup.layout()
+    home = None
+    if per_host is None:
+        per_host = policy.start_layout(start_snapshot(setup, layout), first_window(trace, policy.config))
+        home = HomeLayout(per_host, 0.0, 0.0, "the start layout, planned for the first requests")
+    ctl = Controller(backend, layout, cfg, policy, set(), setup.sizes(per_host), on_output, home=home)
     layouts = [(0.0, [list(i.devices) for i in ctl.instances])]
 
     def run(until: float | None):
@@ -208,6 +217,21 @@ def _simulate(trace: list[TraceRequest], setup: Setup, policy, per_host: tuple[i
                      for r in trace[len(outcomes):]]
     return SimResult(outcomes, backend.now(), len(ctl.transitions.history), layouts, tokens,
                      time.perf_counter() - t_wall, backend.steps_run, backend.launches, gave_up)
+
+
+def start_snapshot(setup: Setup, layout: DeviceLayout) -> Snapshot:
+    """The cluster before anything runs, as a policy choosing the start layout sees it."""
+    caps = {t: layout.kv_tokens(t) for t in (1 << k for k in range(setup.max_tp.bit_length()))}
+    return Snapshot(0.0, setup.gpus, setup.max_tp, setup.host, caps, ())
+
+
+def first_window(trace: list[TraceRequest], config: PolicyConfig) -> tuple[RequestView, ...]:
+    """The trace's first `plan_window_s` of arrivals (at least `plan_min_requests` of them)."""
+    if not trace:
+        return ()
+    end = trace[0].arrival_s + config.plan_window_s
+    n = max(config.plan_min_requests, sum(r.arrival_s < end for r in trace))
+    return tuple(RequestView(i, r.input_len, r.input_len + r.output_len, 0, r.arrival_s) for i, r in enumerate(trace[:n]))
 
 
 def unloaded(cost: CostModel, capacity_by_tp: dict[int, int], prompt: int, output: int,

@@ -6,7 +6,7 @@ says whether enough requests met the SLO; this module only picks which rates to 
 from collections.abc import Callable
 
 
-def max_rate(attains: Callable[[float], bool], start: float, rel_tol: float = 0.05,
+def max_rate(attains: Callable[[float], bool], start: float, rel_tol: float = 0.02,
              max_runs: int = 16) -> float:
     """The highest rate found to attain (0.0 if none does), within `rel_tol` of the boundary.
 

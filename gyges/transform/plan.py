@@ -215,7 +215,8 @@ def plan_merge(layout: DeviceLayout, instances: list[list[int]], seqs: list[SeqK
         old_inst = next(inst for inst in instances if d in inst)
         old_g, new_g = groups_of(old_inst, max_tp, d), groups_of(merged, max_tp, d)
         kept = layout.weight_pages(len(merged), merged.index(d))
-        released = [pages_array(layout.slab_pages_of(g)) for g in old_g if g not in new_g]
+        released = [] if layout.whole_weights else [pages_array(layout.slab_pages_of(g)) for g in old_g
+                                                     if g not in new_g]
         old_kept = layout.weight_pages(len(old_inst), old_inst.index(d))
         assert old_kept.start <= kept.start and kept.stop <= old_kept.stop
         pools_init[d] = np.concatenate([pages_array(free[d]), *released])
@@ -258,7 +259,7 @@ def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqK
             have = groups_of(devices, max_tp, d)
             need = groups_of(part, max_tp, d)
             pinned[d] = layout.weight_pages(len(part), part.index(d))
-            for g in need:
+            for g in () if layout.whole_weights else need:
                 if g not in have and (d, g) not in fetched:
                     src = owner_of(devices, max_tp, g)
                     pages = layout.slab_pages_of(g)

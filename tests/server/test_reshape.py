@@ -79,7 +79,8 @@ def reshaping_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reshape")
     model = make_tiny_model(tmp / "tiny", "llama")
     server = start_server(model, "--cost-profile", round_profile(tmp / "cpu.json"), "--devices", "2",
-                          "--device-memory", "1.5MiB", "--dtype", "float32", "--policy", "gyges", "--min-dwell", "1", "--served-model-name", "tiny", "--output-estimate", "32",
+                          "--device-memory", "1.5MiB", "--dtype", "float32", "--policy", "gyges", "--home-layout", "1,1",
+                          "--min-dwell", "1", "--served-model-name", "tiny", "--output-estimate", "32",
                           "--max-num-seqs", "16")
     yield server
     stop_server(server)
@@ -87,7 +88,9 @@ def reshaping_server(tmp_path_factory):
 
 def test_a_long_request_merges_everything_is_served_and_it_splits_back(reshaping_server):
     url = reshaping_server.url
-    assert [i["tp"] for i in cluster(url)["instances"]] == [1, 1]
+    info = cluster(url)
+    assert [i["tp"] for i in info["instances"]] == [1, 1]
+    assert info["home_layout"]["sizes"] == [1, 1] and info["home_layout"]["pinned"]  # --home-layout 1,1
     jobs = [(0.0, words(i, 10), 40) for i in range(4)] + [(0.3, words(9, 1000), 20)]
     results = asyncio.run(send_all(url, "tiny", jobs))
     assert [len(r["times"]) for r in results] == [40] * 4 + [20]
@@ -101,6 +104,7 @@ def test_a_long_request_merges_everything_is_served_and_it_splits_back(reshaping
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
     assert 'gyges:transformation_duration_seconds_count{kind="merge",model_name="tiny"} 1.0' in metrics
     assert 'gyges:transformation_stall_seconds_count{kind="split",model_name="tiny"} 1.0' in metrics
+    assert 'gyges:home_layout_changes_total{model_name="tiny"} 0.0' in metrics  # pinned: never changed
 
 
 def test_alternating_short_and_long_arrivals_do_not_thrash(reshaping_server):
@@ -141,6 +145,7 @@ def test_64_streams_keep_their_pace_through_two_transformations(tmp_path):
     # once the long requests are gone
     server = start_server(model, "--cost-profile", round_profile(tmp_path / "cpu.json", link_latency=2e-4),
                           "--devices", "2", "--device-memory", "240MiB", "--dtype", "float32", "--policy", "gyges",
+                          "--home-layout", "1,1",
                           "--min-dwell", "2", "--max-num-seqs", "32", "--output-estimate", "128",
                           "--max-num-batched-tokens", "256",
                           "--threads-per-device", "1", "--served-model-name", "mid")

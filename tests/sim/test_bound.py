@@ -2,7 +2,7 @@
 import pytest
 
 from gyges.policy.cost_model import ServingLoad
-from gyges.sim.bound import rate_bound, saturated
+from gyges.sim.bound import rate_bound
 
 
 class FlatCost:
@@ -28,18 +28,6 @@ def test_each_group_goes_to_its_best_degree_and_device_seconds_bound_the_rate():
 def test_a_request_no_degree_holds_is_an_error():
     with pytest.raises(ValueError, match="fits no degree"):
         rate_bound(FlatCost({1: 1.0}), {1: 10}, [(20, 1)], 1, 8, 512)
-
-
-def test_saturated_prices_a_full_instance_per_device():
-    seen = {}
-
-    class Spy(FlatCost):
-        def throughput(self, tp, load, kv_capacity, max_batch, max_batched_tokens=None):
-            seen.update(load=load, cap=kv_capacity, batch=max_batch, chunk=max_batched_tokens)
-            return 600.0
-
-    assert saturated(Spy({}), 2, [(100, 20), (300, 40)], 7000, 16, 256) == 300.0
-    assert seen == {"load": ServingLoad(16, 230, 215, 200), "cap": 7000, "batch": 16, "chunk": 256}
 
 
 def test_compare_reports_the_bound_beside_the_best_static_that_served_everyone(capsys):

@@ -91,3 +91,19 @@ def test_a_tpot_target_keeps_decodes_within_it_while_long_prompts_prefill():
         assert max(o.tpot_s for o in r.outcomes[:8]) <= 0.02
         # the prompts pay for it, later but not starved
         assert all(f.ttft_s < o.ttft_s < 2 * f.ttft_s for f, o in zip(free.outcomes[8:], r.outcomes[8:]))
+
+
+def test_the_home_layout_follows_the_traffic():
+    """Short prompts, then long contexts a TP1 instance holds only two of, then short prompts again:
+    Gyges starts in TP1s (its planner's choice for the first minute), re-plans to TP2s for the long
+    contexts, and back."""
+    s = setup(gpus=4, kv_tokens=42000)
+    chats = [TraceRequest(0.5 * i, 2000, 20) for i in range(240)]                    # 0-120 s
+    docs = [TraceRequest(120 + 1.5 * i, 18000, 400) for i in range(120)]            # 120-300 s
+    again = [TraceRequest(300 + 0.5 * i, 2000, 20) for i in range(240)]              # 300-420 s
+    r = simulate(chats + docs + again, s, GygesPolicy(s.cost(), s.policy_config()))
+    sizes = [(t, sorted(len(d) for d in layout)) for t, layout in r.layouts]
+    assert sizes[0] == (0.0, [1, 1, 1, 1])
+    assert any(120 < t < 300 and lay == [2, 2] for t, lay in sizes)
+    assert sizes[-1][1] == [1, 1, 1, 1] and sizes[-1][0] > 300
+    assert all(o.error is None for o in r.outcomes)

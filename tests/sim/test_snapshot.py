@@ -19,7 +19,10 @@ class Checked:
 
     def decide(self, snap, event):
         c = self.ctl
-        fresh = Views(c.instances, c.transitions, c.recovery, c.cfg.host_devices).snapshot(c.backend.now(), c.held)
+        if c is None:  # the controller's first decision, from its constructor
+            return self.inner.decide(snap, event)
+        fresh = Views(c.instances, c.transitions, c.recovery, c.cfg.host_devices).snapshot(
+            c.backend.now(), c.held, snap.recent, c.home)
         assert fresh == snap
         self.checked += 1
         return self.inner.decide(snap, event)
