@@ -30,6 +30,10 @@ def table(res: BenchResult) -> str:
     rows += [("Output token throughput (tok/s):", m.output_throughput),
              ("Total token throughput (tok/s):", m.total_token_throughput)]
     rows += [("SLO attainment (%):", 100 * res.slo_attainment)] if res.slo_attainment is not None else []
+    rows += [(f"  class {c} (smallest TP holding it) (%):", f"{100 * m / n:.2f} of {n}")
+             for c, (m, n) in (res.slo_by_class or {}).items()]
+    rows += [("Meets the SLO target (overall, every class):", "yes" if res.attains else "no")] \
+        if res.attains is not None else []
     out = ["{:=^50}".format(" Serving Benchmark Result ")]
     out += [f"{k:<40} {v:<10.2f}" if isinstance(v, float) else f"{k:<40} {v:<10}" for k, v in rows]
     for name in METRICS:
@@ -49,7 +53,10 @@ def result_json(res: BenchResult) -> dict:
            "completed": m.completed, "failed": m.failed, "total_input_tokens": m.total_input,
            "total_output_tokens": m.total_output, "request_throughput": m.request_throughput,
            "request_goodput": m.request_goodput, "output_throughput": m.output_throughput,
-           "total_token_throughput": m.total_token_throughput, "slo_attainment": res.slo_attainment}
+           "total_token_throughput": m.total_token_throughput, "slo_attainment": res.slo_attainment,
+           "slo_attainment_by_class": None if res.slo_by_class is None else
+           {c: {"met": met, "requests": n, "attainment": met / n} for c, (met, n) in res.slo_by_class.items()},
+           "meets_slo_target": res.attains}
     for name in METRICS:
         s = m.stats[name]
         out |= {f"mean_{name}_ms": s.mean, f"median_{name}_ms": s.median, f"std_{name}_ms": s.std}

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from gyges.bench.client import completion_payload, send
 from gyges.bench.metrics import BenchMetrics, RequestRecord, compute_metrics
-from gyges.bench.slo import Baseline, attainment, missed_already
+from gyges.bench.slo import Baseline, attainment, attains, class_of, meets_slo, missed_already, per_class
 from gyges.bench.traces import TraceRequest, load_trace
 from gyges.bench.workload import Workload, gamma_arrivals, prompt_tokens, scale_trace, with_arrivals
 
@@ -65,6 +65,17 @@ class BenchResult:
     metrics: BenchMetrics
     slo_attainment: float | None
     gave_up: bool = False  # stopped early: give_up_misses requests had missed the SLO
+    # per class (the smallest TP degree whose instance holds the request, as the server's /v1/cluster
+    # says): (met the SLO, requests); None where the server does not say (not Gyges) or no SLO is set
+    slo_by_class: dict[str, tuple[int, int]] | None = None
+
+    @property
+    def attains(self) -> bool | None:
+        """Whether the run meets the SLO target overall, in every class, with no request failed."""
+        if self.slo_attainment is None:
+            return None
+        classes = self.slo_by_class or {"all": (round(self.slo_attainment * len(self.records)), len(self.records))}
+        return attains(self.slo_attainment, classes, self.metrics.failed)
 
 
 def build_workload(cfg: BenchConfig) -> Workload:
@@ -146,13 +157,28 @@ async def benchmark(cfg: BenchConfig, workload: Workload | None = None) -> Bench
         if watch is not None:
             watch.cancel()
         bar.close()
+        caps = await _capacities(s, cfg.base_url.rstrip("/")) if cfg.slo else None
     metrics = compute_metrics(records, cfg.percentiles, cfg.goodput_ms or None)
-    slo = None
+    slo = by_class = None
     if cfg.slo:
-        slo = attainment([(r.prompt_len, r.ttft_s if r.success else None,
-                           r.tpot_s if r.success and r.output_tokens > 1 else None) for r in records],
-                         cfg.slo, cfg.slo_baseline)
-    return BenchResult(cfg, w, records, metrics, slo, gave_up.is_set())
+        outcomes = [(r.prompt_len, r.ttft_s if r.success else None,
+                     r.tpot_s if r.success and r.output_tokens > 1 else None) for r in records]
+        slo = attainment(outcomes, cfg.slo, cfg.slo_baseline)
+        if caps:
+            met = [(class_of(r.prompt_len + r.output_len, caps), meets_slo(*o, cfg.slo, cfg.slo_baseline))
+                   for r, o in zip(records, outcomes)]
+            by_class = {f"tp{c}" if c else "none": v for c, v in sorted(per_class(met).items(), key=lambda x: x[0] or 99)}
+    return BenchResult(cfg, w, records, metrics, slo, gave_up.is_set(), by_class)
+
+
+async def _capacities(session: aiohttp.ClientSession, base_url: str) -> dict[int, int] | None:
+    """KV tokens of an instance at each TP degree, from a Gyges server's /v1/cluster (None elsewhere)."""
+    try:
+        async with session.get(f"{base_url}/v1/cluster") as resp:
+            resp.raise_for_status()
+            return {int(t): n for t, n in (await resp.json())["kv_capacity_by_tp"].items()}
+    except (aiohttp.ClientError, KeyError, ValueError, TypeError):
+        return None
 
 
 async def _watch(cfg: BenchConfig, records: list[RequestRecord], t0: float, gave_up: asyncio.Event):

@@ -10,7 +10,6 @@ simulator's devices: only the backend differs. Its parts, each owning its state:
 (`recovery.py`) and what it shows (`views.py`).
 """
 import logging
-from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from gyges.cluster.inbox import Abort, Call, Inbox, Submit
 from gyges.cluster.instance import Instance, Instances, SchedulerLimits
 from gyges.cluster.recovery import Recovery
 from gyges.cluster.transitions import Pending, TransformRecord, Transitions
-from gyges.cluster.views import ClusterStats, Views, request_view
+from gyges.cluster.views import ClusterStats, PolicyMemory, Views, request_view
 from gyges.engine.scheduler import ScheduledBatch
 from gyges.engine.sequence import Sequence, Status
 from gyges.engine.step_time import StepTimeFit
@@ -34,7 +33,6 @@ from gyges.transform.plan import TransformError
 log = logging.getLogger("gyges")
 
 TICK_S = 1.0  # the policy looks again this often when nothing else happens
-RECENT = 1024  # arrivals the snapshot shows the planner, newest last
 
 
 @dataclass(eq=False)
@@ -85,10 +83,7 @@ class Controller:
         self.views = Views(self.instances, self.transitions, self.recovery, cfg.host_devices)
         self.inbox = Inbox(lambda: self.backend.wake())
         self.held: list[Sequence] = []
-        self.home = home  # the planner's state, kept for it (SetHome)
-        self.home_changes = 0
-        self._recent: deque[ps.RequestView] = deque(maxlen=RECENT)
-        self._recent_view: tuple[ps.RequestView, ...] = ()
+        self.memory = PolicyMemory(home)
         self._next_tick = backend.now() + TICK_S
         self.prompt_tokens = self.generation_tokens = 0
         self.step_fits: dict[int, StepTimeFit] = {}  # TP degree -> its steps' time over their tokens
@@ -123,16 +118,7 @@ class Controller:
 
     def take_inbox(self):
         """Act on every message posted so far (the loop does this on each pass)."""
-        while (msg := self.inbox.take()) is not None:
-            if isinstance(msg, Submit):
-                self._arrive(msg.seq)
-            elif isinstance(msg, Abort):
-                self._abort(msg.seq_id)
-            else:
-                try:
-                    msg.future.set_result(msg.fn())
-                except BaseException as e:  # handed to the caller's thread
-                    msg.future.set_exception(e)
+        self.inbox.deliver(self._arrive, self._abort)
 
     # the loop
 
@@ -187,7 +173,7 @@ class Controller:
         for inst in self.instances:
             if inst.stepping or self.transitions.paused(inst, self.backend.now()):
                 continue
-            batch = inst.scheduler.schedule(admit=not (inst.carried and inst.scheduler.running),
+            batch = inst.scheduler.schedule(admit=not (inst.carried and inst.scheduler.running) and not inst.draining,
                                             step_tokens=self._step_tokens(inst))
             inst.carried = False
             if batch or batch.failed or batch.preempted:
@@ -293,8 +279,7 @@ class Controller:
         seq.arrival = self.backend.now()
         self.held.append(seq)
         view = request_view(seq)
-        self._recent.append(view)
-        self._recent_view = None
+        self.memory.arrived(view)
         self._decide(ps.Arrival(view))
 
     def _outgrown(self, seq: Sequence):
@@ -335,9 +320,7 @@ class Controller:
     # the policy
 
     def snapshot(self) -> ps.Snapshot:
-        if self._recent_view is None:
-            self._recent_view = tuple(self._recent)
-        return self.views.snapshot(self.backend.now(), self.held, self._recent_view, self.home)
+        return self.views.snapshot(self.backend.now(), self.held, self.memory.recent, self.memory.home)
 
     def _tick(self):
         if self.backend.now() >= self._next_tick:
@@ -367,11 +350,16 @@ class Controller:
             self._start("merge", sorted(a.devices), 0, a.reason)
         elif isinstance(a, ps.Split):
             self._start("split", self.instances.of(a.instance).devices, a.parts, a.reason)
+        elif isinstance(a, ps.SetDraining):
+            inst = self.instances.of(a.instance)
+            inst.draining = a.on
+            if a.on:  # its queued requests go back to the policy, which routes them elsewhere
+                for seq in inst.scheduler.take_waiting():
+                    self.held.append(seq)
+            self.views.changed(inst)
+            self._cut(inst)
         elif isinstance(a, ps.SetHome):
-            if self.home is not None and a.home.sizes != self.home.sizes:
-                self.home_changes += 1
-                log.info("home layout %s -> %s: %s", self.home.sizes, a.home.sizes, a.home.reason)
-            self.home = a.home
+            self.memory.set_home(a.home)
         # Hold: the request stays in `held` and is offered again on the next event
 
     def _take_held(self, seq_id: int) -> Sequence | None:
@@ -444,7 +432,7 @@ class Controller:
 
     def describe(self) -> dict:
         """The body of /v1/cluster."""
-        return self.views.describe(len(self.held), self.home)
+        return self.views.describe(len(self.held), self.memory.home)
 
     def stats(self) -> ClusterStats:
-        return self.views.stats(len(self.held), self.prompt_tokens, self.generation_tokens, self.home_changes)
+        return self.views.stats(len(self.held), self.prompt_tokens, self.generation_tokens, self.memory.home_changes)

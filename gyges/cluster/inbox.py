@@ -47,5 +47,19 @@ class Inbox:
         with self._lock:
             return self._items.popleft() if self._items else None
 
+    def deliver(self, submit: Callable[[Sequence], None], abort: Callable[[int], None]):
+        """Hand every message posted so far to the loop's thread: requests to `submit`, aborts to
+        `abort`; calls run here, their result or exception landing in their future."""
+        while (msg := self.take()) is not None:
+            if isinstance(msg, Submit):
+                submit(msg.seq)
+            elif isinstance(msg, Abort):
+                abort(msg.seq_id)
+            else:
+                try:
+                    msg.future.set_result(msg.fn())
+                except BaseException as e:  # handed to the caller's thread
+                    msg.future.set_exception(e)
+
     def __len__(self) -> int:
         return len(self._items)

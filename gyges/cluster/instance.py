@@ -27,6 +27,7 @@ class Instance:
     carried: bool = False
     launched: float = 0.0   # when its step in flight was launched
     step_s: float = 0.0     # how long its last step took (a stretch: per step)
+    draining: bool = False  # admits no new request, so that it can split (the policy's SetDraining)
 
     @property
     def tp(self) -> int:

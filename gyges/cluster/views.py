@@ -1,6 +1,8 @@
-"""What the controller shows: the policy's snapshot (plain data, gyges/policy/snapshot.py), the body
-of /v1/cluster, and the figures /metrics reads."""
+"""What the controller shows: the policy's snapshot (plain data, gyges/policy/snapshot.py) with what it
+keeps for the policy between decisions, the body of /v1/cluster, and the figures /metrics reads."""
+import logging
 import weakref
+from collections import deque
 from dataclasses import dataclass
 
 from gyges.cluster.instance import Instance, Instances
@@ -8,6 +10,8 @@ from gyges.cluster.recovery import Recovery
 from gyges.cluster.transitions import Transitions
 from gyges.engine.sequence import Sequence
 from gyges.policy import snapshot as ps
+
+log = logging.getLogger("gyges")
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,32 @@ class ClusterStats:
 
 def request_view(seq: Sequence) -> ps.RequestView:
     return ps.RequestView(seq.id, len(seq.prompt_ids), seq.kv_need, seq.num_computed, seq.arrival)
+
+
+class PolicyMemory:
+    """What the controller keeps for the policy between decisions (the policy itself keeps nothing):
+    the latest arrivals, for the planner's window, and the planner's state (SetHome)."""
+
+    def __init__(self, home: ps.HomeLayout | None, recent: int = 1024):
+        self.home, self.home_changes = home, 0
+        self._recent: deque[ps.RequestView] = deque(maxlen=recent)
+        self._view: tuple[ps.RequestView, ...] | None = ()
+
+    def arrived(self, view: ps.RequestView):
+        self._recent.append(view)
+        self._view = None
+
+    @property
+    def recent(self) -> tuple[ps.RequestView, ...]:
+        if self._view is None:
+            self._view = tuple(self._recent)
+        return self._view
+
+    def set_home(self, home: ps.HomeLayout):
+        if self.home is not None and home.sizes != self.home.sizes:
+            self.home_changes += 1
+            log.info("home layout %s -> %s: %s", self.home.sizes, home.sizes, home.reason)
+        self.home = home
 
 
 class Views:
@@ -49,7 +79,7 @@ class Views:
         bt, lay, tr = self.instances.limits.block_tokens, self.instances.layout, self.transitions
         insts = tuple(ps.InstanceView(
             i.id, tuple(i.devices), i.pool.total_blocks * bt, i.pool.free_blocks * bt,
-            *self._requests(i), i.formed_at, tr.involves(i)) for i in self.instances)
+            *self._requests(i), i.formed_at, tr.involves(i), i.draining) for i in self.instances)
         pending = None
         if tr.pending is not None:
             t = tr.pending.transition
@@ -63,8 +93,10 @@ class Views:
     def describe(self, held: int, home: ps.HomeLayout | None) -> dict:
         """The layout, the planner's home layout and the transformation history: the body of /v1/cluster."""
         bt, p = self.instances.limits.block_tokens, self.transitions.pending
+        lay, max_tp = self.instances.layout, self.instances.limits.max_tp
         return {
             "devices": sum(self.instances.sizes),
+            "kv_capacity_by_tp": {t: lay.kv_tokens(t) for t in (1 << k for k in range(max_tp.bit_length()))},
             "home_layout": None if home is None else {
                 "sizes": list(home.sizes), "since": home.since, "planned_at": home.planned_at, "reason": home.reason,
                 "pinned": home.pinned, "priced_device_s": {",".join(map(str, s)): v for s, v in home.priced}},

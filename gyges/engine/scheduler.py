@@ -38,6 +38,12 @@ class Scheduler:
     def add(self, seq: Sequence):
         self.waiting.append(seq)
 
+    def take_waiting(self) -> list[Sequence]:
+        """Give up every queued request (none holds pages), oldest first."""
+        out = list(self.waiting)
+        self.waiting.clear()
+        return out
+
     def adopt_running(self, seq: Sequence):
         """Take over a running request whose KV pages a transformation already placed in this pool."""
         self.running.append(seq)
@@ -106,6 +112,10 @@ class Scheduler:
             batch.num_tokens.append(n)
             budget -= n
             prompt_budget -= 0 if decode else n
+        # blocks the running prompts still take before their first token: a prompt is admitted only
+        # if what is free covers its whole prompt beside those, so that no prefill is started that
+        # must be preempted, and recomputed, to let another finish
+        debt = sum(self.pool.blocks_for(s.num_tokens) - s.num_blocks for s in self.running if s.num_computed < s.num_tokens - 1)
         while admit and self.waiting and min(budget, prompt_budget) > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not self.fits_alone(seq):
@@ -115,8 +125,11 @@ class Scheduler:
                 batch.failed.append(seq)
                 continue
             n = self._chunk(seq, budget, prompt_budget)
-            if not self.pool.can_grow(seq, n) or (batch.preempted and seq in batch.preempted):
+            whole = self.pool.blocks_for(seq.num_tokens)
+            if (not self.pool.can_grow(seq, n) or whole > self.pool.free_blocks - debt
+                    or (batch.preempted and seq in batch.preempted)):
                 break
+            debt += whole - self.pool.blocks_for(n)
             self.waiting.popleft()
             self.pool.grow(seq, n)
             seq.status = Status.RUNNING

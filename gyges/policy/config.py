@@ -21,10 +21,11 @@ class PolicyConfig:
                                   # the requests running on its devices change
     # the layout planner (planner.py)
     home_layout: tuple[int, ...] | None = None  # pinned home layout of a host (--home-layout); None: planned
-    replan_s: float = 10.0        # how often the home layout is planned again
+    replan_s: float = 5.0         # how often the home layout is planned again
     plan_window_s: float = 60.0   # the recent arrivals it is planned for ...
     plan_min_requests: int = 32   # ... at least this many of them
-    home_margin: float = 0.1      # a new home must take this fraction fewer device-seconds than the present one
+    plan_half_life_s: float = 10.0  # a recent request's work weighs 2^(-age / this) (0: all alike)
+    home_margin: float = 0.05     # a new home must take this fraction fewer device-seconds than the present one
     home_persistence: int = 2     # ... at this many re-plans in a row
     # the router (router.py)
     soon_factor: float = 2.0      # an instance starts a request soon when its predicted TTFT there is within

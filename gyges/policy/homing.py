@@ -1,11 +1,11 @@
-"""Moving a host towards its home layout (pure): which instances are above it, and the cheapest
-merge or split that brings the layout closer."""
+"""Moving a host towards its home layout (pure): the cheapest merge or split that brings the layout
+closer, and which instance drains so that it can split."""
 from collections import Counter
 
 from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel
 from gyges.policy.reshape import degrees, kv_to_move, mergeable, pack
-from gyges.policy.snapshot import HomeLayout, InstanceView, Merge, Snapshot, Split
+from gyges.policy.snapshot import HomeLayout, InstanceView, Merge, SetDraining, Snapshot, Split
 
 
 def distance(sizes: Counter, home: Counter) -> int:
@@ -25,15 +25,28 @@ def hosts(snap: Snapshot, instances: tuple[InstanceView, ...]) -> list[list[Inst
             for start in range(0, snap.devices, snap.host_devices)]
 
 
-def above_home(snap: Snapshot, instances: tuple[InstanceView, ...], home: HomeLayout | None) -> set[int]:
-    """Instances of sizes their host has more of than its home layout: the router keeps new requests
-    off them where it can, so that they drain and split back sooner."""
-    if home is None:
-        return set()
-    want, out = Counter(home.sizes), set()
+def drains(snap: Snapshot, instances: tuple[InstanceView, ...], home: HomeLayout) -> list[SetDraining]:
+    """A split needs its instance's running requests to fit the halves; an instance too busy for that
+    drains: it admits nothing new, its queued requests go elsewhere, and it splits once its running
+    ones fit. One instance per host at a time, so the others take the load meanwhile: of those of a
+    size the host has more of than its home layout, whose running requests each fit a half, the one
+    with the least KV to finish. An instance draining that is no longer above home, or that was given a
+    request only it holds (it must admit that one), admits again."""
+    want, out = Counter(home.sizes), []
     for members in hosts(snap, instances):
         have = Counter(i.tp for i in members)
-        out |= {i.id for i in members if have[i.tp] > want.get(i.tp, 0) and i.tp > min(want)}
+        surplus = {s for s, n in have.items() if n > want.get(s, 0) and s > min(want)}
+        for i in members:
+            if i.draining and (i.tp not in surplus or not _halves_hold(snap, i)):
+                out.append(SetDraining(i.id, False, f"its size is home again ({_name(home.sizes)})"
+                                       if i.tp not in surplus else "it has a request only it holds"))
+        if any(i.draining and i.tp in surplus and _halves_hold(snap, i) for i in members):
+            continue
+        cands = [i for i in members if i.tp in surplus and not i.transforming and not i.draining
+                 and not _splits(snap, i, i.tp // 2) and _halves_hold(snap, i)]
+        if cands:
+            target = min(cands, key=lambda i: (sum(r.need_tokens - r.computed_tokens for r in i.running), i.id))
+            out.append(SetDraining(target.id, True, f"to split towards the home layout {_name(home.sizes)}"))
     return out
 
 
@@ -71,10 +84,23 @@ def toward_home(cost: CostModel, snap: Snapshot, instances: tuple[InstanceView, 
     return None if best is None else best[1]
 
 
+def _halves_hold(snap: Snapshot, inst: InstanceView) -> bool:
+    """Each of its requests, running or queued, fits an instance half its size."""
+    cap = snap.kv_capacity_by_tp[inst.tp // 2]
+    return all(r.need_tokens <= cap for r in inst.running + inst.waiting)
+
+
 def _splits(snap: Snapshot, inst: InstanceView, half: int) -> bool:
-    """Its running requests fit two halves and each queued one fits a half alone (it queues there)."""
+    """Its running requests fit two halves, each queued one fits a half alone (it queues there), and
+    each device has free pages for what it receives now: units only land in pages free before a
+    transformation, and the weights a half needs back take a slab's worth of them (the KV a merge of
+    two halves gains: cap(tp) - 2 cap(half))."""
     cap = snap.kv_capacity_by_tp[half]
-    return pack(inst.running, 2, cap) is not None and all(r.need_tokens <= cap for r in inst.waiting)
+    bins = pack(inst.running, 2, cap)
+    if bins is None or any(r.need_tokens > cap for r in inst.waiting):
+        return False
+    slab = snap.kv_capacity_by_tp[inst.tp] - 2 * cap
+    return max(sum(r.computed_tokens for r in b) for b in bins) <= inst.kv_free_tokens - slab
 
 
 def _cheaper(best, key, action):

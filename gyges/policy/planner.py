@@ -7,8 +7,8 @@ sizes whose instances hold their weights) by how long its instances take to serv
 when each class is shared out among the instances that hold it as well as possible (a small linear
 program, `lp.served_fraction`). A class no instance of the layout holds is served by a merge: priced
 at the smallest degree that holds it, on devices taken from the rest. The layout with the fewest
-device-seconds is the best; it becomes home only when it beats the present home by `home_margin`
-at `home_persistence` re-plans in a row, so noise does not flip the layout.
+device-seconds is the best; it becomes home once the present home has lost by `home_margin` at
+`home_persistence` re-plans in a row, so noise does not flip the layout.
 """
 import math
 import statistics
@@ -29,27 +29,35 @@ class RequestClass:
     degree: int            # the smallest TP degree whose instance holds such a request
     long_output: bool
     requests: tuple[tuple[int, int], ...]  # (prompt, KV need) of each
+    weights: tuple[float, ...] = ()        # each request's weight (recent ones more); () : all 1
 
     @property
-    def tokens(self) -> int:
-        """Prompt and output tokens to serve (KV need: prompt + output)."""
-        return sum(need for _, need in self.requests)
+    def tokens(self) -> float:
+        """Prompt and output tokens to serve (KV need: prompt + output), each request by its weight."""
+        if not self.weights:
+            return sum(need for _, need in self.requests)
+        return sum(w * need for (_, need), w in zip(self.requests, self.weights))
 
 
 def smallest_degree(need: int, capacity_by_tp: dict[int, int]) -> int | None:
     return next((t for t in sorted(capacity_by_tp) if capacity_by_tp[t] >= need), None)
 
 
-def classify(window: tuple[RequestView, ...], capacity_by_tp: dict[int, int]) -> list[RequestClass]:
+def classify(window: tuple[RequestView, ...], capacity_by_tp: dict[int, int], now: float | None = None,
+             half_life_s: float = 0.0) -> list[RequestClass]:
     """The window's requests by (smallest degree that holds them, long output); requests no degree
-    holds are left out (they are rejected)."""
-    groups: dict[tuple[int, bool], list[tuple[int, int]]] = {}
+    holds are left out (they are rejected). With a half-life, a request's work weighs 2^(-age/half-life)
+    at `now`: the traffic of the last seconds decides more than the minute before (a window of mostly
+    long documents that ended a few seconds ago would otherwise keep their layout for most of a minute)."""
+    groups: dict[tuple[int, bool], list[tuple[tuple[int, int], float]]] = {}
     for r in window:
         t = smallest_degree(r.need_tokens, capacity_by_tp)
         if t is not None:
+            w = 0.5 ** ((now - r.arrived) / half_life_s) if half_life_s > 0 and now is not None else 1.0
             groups.setdefault((t, r.need_tokens - r.prompt_tokens >= LONG_OUTPUT), []).append(
-                (r.prompt_tokens, r.need_tokens))
-    return [RequestClass(t, long, tuple(reqs)) for (t, long), reqs in sorted(groups.items())]
+                ((r.prompt_tokens, r.need_tokens), w))
+    return [RequestClass(t, long, tuple(x for x, _ in reqs), tuple(w for _, w in reqs) if half_life_s > 0 else ())
+            for (t, long), reqs in sorted(groups.items())]
 
 
 def saturated(cost: CostModel, tp: int, requests: list[tuple[int, int]], kv_capacity: int, max_num_seqs: int,
@@ -103,7 +111,7 @@ def price_layouts(cost: CostModel, snap: Snapshot, window: tuple[RequestView, ..
                   config: PolicyConfig) -> list[tuple[tuple[int, ...], float]]:
     """Every candidate layout of a host with its device-seconds for the window, best first."""
     degrees = holding_degrees(snap)
-    classes = classify(window, {t: snap.kv_capacity_by_tp[t] for t in degrees})
+    classes = classify(window, {t: snap.kv_capacity_by_tp[t] for t in degrees}, snap.time, config.plan_half_life_s)
     if not classes:
         return []
     rates = class_rates(cost, classes, degrees, snap.kv_capacity_by_tp, config)
@@ -153,7 +161,7 @@ def replan(cost: CostModel, snap: Snapshot, config: PolicyConfig) -> HomeLayout 
     state = replace(home, planned_at=snap.time, priced=tuple(priced))
     if best == home.sizes or best_s >= now_s * (1 - config.home_margin):
         return replace(state, challenger=None, streak=0)
-    streak = home.streak + 1 if home.challenger == best else 1
+    streak = home.streak + 1  # re-plans in a row the home lost by the margin (to the best of each)
     if streak < config.home_persistence:
         return replace(state, challenger=best, streak=streak)
     reason = (f"{len(window)} recent requests take {best_s:.0f} device-seconds on {_name(best)}, "
@@ -167,7 +175,7 @@ def start_layout(cost: CostModel, snap: Snapshot, window: tuple[RequestView, ...
     one, or with no traffic known, every device in the smallest instance that holds its weights."""
     if config.home_layout is not None:
         return tuple(sorted(config.home_layout, reverse=True))
-    priced = price_layouts(cost, snap, window, config)
+    priced = price_layouts(cost, snap, window, replace(config, plan_half_life_s=0.0))  # all alike: none is old
     if priced:
         return priced[0][0]
     smallest = holding_degrees(snap)[0]

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel
-from gyges.policy.homing import above_home, toward_home
+from gyges.policy.homing import drains, toward_home
 from gyges.policy.load import freeness, room
 from gyges.policy.planner import replan, start_layout
 from gyges.policy.reshape import (blocked_groups, degrees, free_after_merge, merge_for, pending_merge, price_merge,
@@ -95,7 +95,7 @@ class StaticPolicy:
         """Where a request goes among the instances that hold it (None: none does)."""
         if not self.latency_router:
             return max(holders, key=lambda i: (freeness(i), -i.id), default=None)
-        draining = above_home(plan.snap, plan.instances, plan.snap.home)
+        draining = {i.id for i in holders if i.draining}
         return (soonest(self.cost, holders, r, self.config, draining, need_room=False)
                 or least_ttft(self.cost, holders, r, self.config, draining, self._wait(r)))
 
@@ -139,7 +139,7 @@ class GygesPolicy(StaticPolicy):
         has room, a second instance of the needed degree may be merged rather than queueing it
         (`_queue_or_merge`), else it goes where it starts soonest."""
         holders = [i for i in plan.instances if not i.transforming and i.kv_capacity_tokens >= r.need_tokens]
-        draining = above_home(plan.snap, plan.instances, plan.home)
+        draining = {i.id for i in holders if i.draining}
         if self.latency_router:
             target = soonest(self.cost, holders, r, self.config, draining, need_room=True)
         else:
@@ -191,10 +191,12 @@ class GygesPolicy(StaticPolicy):
         return [Merge(group.devices, reason), Hold(r.id, f"waiting for the merge of devices {list(group.devices)}")]
 
     def _reshape(self, plan: Plan) -> list[Action]:
-        if plan.busy or plan.home is None:
+        if plan.home is None:
             return []
-        move = toward_home(self.cost, plan.snap, plan.instances, plan.home, self.config, plan.blocked)
-        if move is None:
-            return []
-        plan.start(move.devices if isinstance(move, Merge) else plan.devices_of(move.instance))
-        return [move]
+        actions: list[Action] = drains(plan.snap, plan.instances, plan.home)
+        move = None if plan.busy else toward_home(self.cost, plan.snap, plan.instances, plan.home, self.config,
+                                                  plan.blocked)
+        if move is not None:
+            plan.start(move.devices if isinstance(move, Merge) else plan.devices_of(move.instance))
+            actions.append(move)
+        return actions

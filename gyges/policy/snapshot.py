@@ -27,6 +27,7 @@ class InstanceView:
     formed_at: float = 0.0        # when it took its present devices (for the split dwell time)
     transforming: bool = False    # part of the pending transformation: takes only requests that
                                   # ride along with a merge's pre-copy (reshape.ride_along)
+    draining: bool = False        # admits nothing new, so that it can split (see SetDraining)
 
     @property
     def tp(self) -> int:
@@ -146,9 +147,18 @@ class Split:
 
 
 @dataclass(frozen=True)
+class SetDraining:
+    """`on`: the instance admits no new request and its queued ones go back to the policy, so that its
+    running requests finish and it can split; off: it admits again."""
+    instance: int
+    on: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class SetHome:
     """Keep this planner state for the next decisions (the controller stores it and shows it)."""
     home: HomeLayout
 
 
-Action = Route | Hold | Reject | Merge | Split | SetHome
+Action = Route | Hold | Reject | Merge | Split | SetDraining | SetHome

@@ -4,8 +4,8 @@ from collections import Counter
 from dataclasses import replace
 
 from gyges.policy.config import PolicyConfig
-from gyges.policy.homing import above_home, distance, toward_home
-from gyges.policy.snapshot import HomeLayout, Merge, Split
+from gyges.policy.homing import distance, drains, toward_home
+from gyges.policy.snapshot import HomeLayout, Merge, SetDraining, Split
 from tests.policy.test_policy import COST, LONG, inst, req, snap, tp1s
 
 CONFIG = PolicyConfig()
@@ -51,8 +51,23 @@ def test_a_host_can_mix_merges_and_splits_on_the_way():
     assert isinstance(toward_home(COST, s, s.instances, home(4), CONFIG), Merge)
 
 
-def test_above_home_marks_the_surplus_large_instances():
-    s = snap(inst(0, 2), inst(2), inst(3))
-    assert above_home(s, s.instances, home(1, 1, 1, 1)) == {0}
-    assert above_home(s, s.instances, home(2, 1, 1)) == set()
-    assert above_home(s, s.instances, None) == set()
+def test_one_busy_instance_above_home_drains_at_a_time():
+    """Two TP2 instances with more running than two TP1 halves hold, home all TP1: the one with less
+    left to finish drains; the other waits its turn; one whose requests need TP2 never drains."""
+    busy = [req(i, 40000, 30000) for i in range(5)]    # 200k tokens: more than two TP1 halves hold
+    busier = [req(10 + i, 40000, 10000) for i in range(5)]
+    s = snap(inst(0, 2, running=busy), inst(2, 2, running=busier), time=60.0)
+    assert drains(s, s.instances, home(1, 1, 1, 1)) == [SetDraining(0, True, "to split towards the home layout 1+1+1+1")]
+    both = snap(replace(inst(0, 2, running=busy), draining=True), inst(2, 2, running=busier), time=60.0)
+    assert drains(both, both.instances, home(1, 1, 1, 1)) == []
+    assert drains(both, both.instances, home(2, 2))[0] == SetDraining(0, False, "its size is home again (2+2)")
+    long = snap(inst(0, 2, running=busy + [req(9, LONG, 1000)]), inst(2, 2, running=busier), time=60.0)
+    assert [a.instance for a in drains(long, long.instances, home(1, 1, 1, 1))] == [2]
+
+
+def test_a_draining_instance_gets_no_new_requests_while_others_hold_them():
+    from gyges.policy.snapshot import Arrival
+    from tests.policy.test_policy import POLICY
+    s = snap(replace(inst(0, 2), draining=True), inst(2), inst(3), home=(1, 1, 1, 1))
+    assert POLICY.decide(s, Arrival(req(9, 2000)))[0].instance in (2, 3)
+    assert POLICY.decide(s, Arrival(req(9, LONG)))[0].instance == 0  # only it holds this one

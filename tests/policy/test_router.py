@@ -1,5 +1,5 @@
 """The latency-aware router on hand-made instances: queued prefill work, predicted TTFT, where a
-request starts soonest, and instances above the home layout kept for last."""
+request starts soonest (draining instances, kept for last, are tested in test_homing.py)."""
 from dataclasses import replace
 
 from gyges.policy.config import PolicyConfig
@@ -51,16 +51,6 @@ def test_when_nothing_starts_it_soon_the_least_predicted_ttft_wins():
     short = req(9, 600, prompt=500)
     assert soonest(COST, holders, short, CONFIG, set(), need_room=False) is None
     assert least_ttft(COST, holders, short, CONFIG, set(), lambda i: 0.0).id == 1
-
-
-def test_instances_above_the_home_layout_drain_while_others_start_it_soon():
-    """A TP2 instance merged for a long request that has finished: home is all TP1, so new short requests
-    go to the TP1 instances while they start them soon, and the TP2 one empties and splits back."""
-    tp2 = inst(0, 2, running=[req(1, 3000, 2800, prompt=500)])
-    s = replace(snap(tp2, inst(2), inst(3)), home=HomeLayout((1, 1, 1, 1), 0.0, 0.0))
-    assert POLICY.decide(s, Arrival(req(9, 600, prompt=500)))[0].instance in (2, 3)
-    at_home = snap(tp2, inst(2), inst(3))  # there TP2 is home: room per request decides
-    assert POLICY.decide(at_home, Arrival(req(9, 600, prompt=500))) == [Route(9, 0)]
 
 
 def test_requests_only_the_large_instance_holds_still_go_there():

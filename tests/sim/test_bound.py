@@ -32,7 +32,7 @@ def test_a_request_no_degree_holds_is_an_error():
 
 def test_compare_reports_the_bound_beside_the_best_static_that_served_everyone(capsys):
     from gyges.bench.traces import TraceRequest
-    from gyges.sim.cli import bound_of
+    from gyges.sim.compare import bound_of
     from gyges.sim.profiles import gpu, model
     from gyges.sim.run import Setup
     setup = Setup(model("llama-3.1-8b"), gpu("h100"), gpus=8)

@@ -22,7 +22,7 @@ class Checked:
         if c is None:  # the controller's first decision, from its constructor
             return self.inner.decide(snap, event)
         fresh = Views(c.instances, c.transitions, c.recovery, c.cfg.host_devices).snapshot(
-            c.backend.now(), c.held, snap.recent, c.home)
+            c.backend.now(), c.held, snap.recent, c.memory.home)
         assert fresh == snap
         self.checked += 1
         return self.inner.decide(snap, event)
