@@ -56,6 +56,7 @@ class ServeConfig:
     min_dwell_s: float = 10.0           # a merged instance serves at least this long before it may split
     cost_profile: str | None = None     # the fitted hardware profile (JSON); default: gyges/data/cpu_profile.json
     home_layout: tuple[int, ...] | None = None  # pin the planner's home layout of the host (None: planned)
+    router: str = "latency"             # "latency": where a request starts soonest; "freeness": most room
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -71,7 +72,8 @@ def serving_policy(serve: ServeConfig, cfg: ClusterConfig, model: ServedModel):
     return make_policy(serve.policy, cost, PolicyConfig(output_estimate=serve.output_estimate,
                                                         max_num_seqs=cfg.max_num_seqs,
                                                         max_batched_tokens=cfg.max_batched_tokens,
-                                                        min_dwell_s=serve.min_dwell_s, home_layout=serve.home_layout))
+                                                        min_dwell_s=serve.min_dwell_s, home_layout=serve.home_layout,
+                                                        router=serve.router))
 
 
 class ServingCluster:

@@ -39,6 +39,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--home-layout", default=None,
                    help="with --policy gyges: pin the home layout (instance sizes, e.g. 2,1,1) instead of planning it "
                         "from the traffic; the rest of the policy (forced merges, routing) stays on")
+    p.add_argument("--router", default="latency", choices=["latency", "freeness"],
+                   help="latency: each request goes where its predicted time to first token is short (queued "
+                        "prefill work); freeness: where there is the most KV room per request")
     p.add_argument("--min-dwell", type=float, default=10.0,
                    help="seconds a merged instance serves before the policy may split it (against thrashing)")
     p.add_argument("--cost-profile", default=None,
@@ -64,7 +67,8 @@ def serve(args) -> int:
     cfg = dataclasses.replace(cluster_config(args), layout=args.static_layout)
     serve_cfg = ServeConfig(policy=args.policy, output_estimate=args.output_estimate,
                             max_queued_requests=args.max_queued_requests, max_model_len=args.max_model_len,
-                            min_dwell_s=args.min_dwell, cost_profile=args.cost_profile, home_layout=home)
+                            min_dwell_s=args.min_dwell, cost_profile=args.cost_profile, home_layout=home,
+                            router=args.router)
     template = Path(args.chat_template).read_text() if args.chat_template else None
     name = args.served_model_name or args.model or resolve_model(None).stem
     # Ctrl-C signals the whole process group: the workers and the loop's thread inherit a block on

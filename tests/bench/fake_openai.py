@@ -19,8 +19,9 @@ class FakeServer:
     for the client's error paths: "no_usage" leaves out the usage chunk, "empty" sends no token,
     "error" sends an error event after the first token, "slow" waits 5 s before the first token."""
 
-    def __init__(self, mode: str = "normal"):
-        self.mode = mode
+    def __init__(self, mode: str = "normal", kv_capacity_by_tp: dict[int, int] | None = None):
+        """`kv_capacity_by_tp`: answer /v1/cluster as a Gyges server would (else 404, as others)."""
+        self.mode, self.caps = mode, kv_capacity_by_tp
         self.bodies, self.running, self.peak = [], 0, 0
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -50,13 +51,19 @@ class FakeServer:
         self.running -= 1
         return resp
 
+    async def cluster(self, request):
+        if self.caps is None:
+            return web.json_response({"error": {"message": "not found"}}, status=404)
+        return web.json_response({"kv_capacity_by_tp": {str(t): n for t, n in self.caps.items()}})
+
     async def models(self, request):
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
     def _serve(self):
         self.loop = asyncio.new_event_loop()
         app = web.Application()
-        app.add_routes([web.post("/v1/completions", self.completions), web.get("/v1/models", self.models)])
+        app.add_routes([web.post("/v1/completions", self.completions), web.get("/v1/models", self.models),
+                        web.get("/v1/cluster", self.cluster)])
         runner = web.AppRunner(app)
         self.loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)

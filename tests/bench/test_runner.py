@@ -90,3 +90,19 @@ def test_a_run_gives_up_once_enough_requests_have_missed_the_slo(trace):
     assert all("gave up after 1 SLO misses" in r.error for r in res.records)
     with pytest.raises(ValueError):
         BenchConfig(base_url="x", give_up_misses=1)
+
+
+def test_attainment_per_class_against_a_gyges_server(trace):
+    """Against a server that says its instances' KV capacities, attainment is reported per class (the
+    smallest TP degree that holds the request); a failed request fails the target. Elsewhere, overall only."""
+    cfg = BenchConfig(base_url="", trace=trace, length_scale=1 / 32, time_scale=0.01, vocab_size=500,
+                      slo={"ttft": 5.0}, slo_baseline=Baseline(Line(10.0), Line(10.0)), progress=False)
+    with FakeServer(kv_capacity_by_tp={1: 40, 2: 200}) as srv:  # requests of 13, 34, 48 and 128 tokens, at 1/32
+        cfg.base_url = srv.url
+        res = run_benchmark(cfg)
+    assert set(res.slo_by_class) == {"tp1", "tp2"} and sum(n for _, n in res.slo_by_class.values()) == 4
+    assert res.slo_by_class["tp2"][1] == 2 and res.attains is False  # the one longer than 60 tokens got a 400
+    assert "class tp2" in table(res) and result_json(res)["slo_attainment_by_class"]["tp1"]["requests"] == 2
+    with FakeServer() as srv:
+        cfg.base_url = srv.url
+        assert run_benchmark(cfg).slo_by_class is None
