@@ -14,9 +14,11 @@ from gyges.policy.load import freeness, room
 from gyges.policy.planner import replan, start_layout
 from gyges.policy.reshape import (blocked_groups, degrees, free_after_merge, merge_for, pending_merge, price_merge,
                                   ride_along, wait_for_room)
-from gyges.policy.router import least_ttft, soonest
+from gyges.policy.router import least_ttft, predicted_ttft, soonest
 from gyges.policy.snapshot import (Action, Arrival, Event, Hold, InstanceView, Merge, Reject, RequestView, Route,
                                    SetHome, Snapshot)
+
+MERGE_GAIN = 1.25  # a merge for a request that some instance holds must bring its first token this much sooner
 
 
 class Plan:
@@ -153,17 +155,18 @@ class GygesPolicy(StaticPolicy):
         return (self._queue_or_merge(plan, r, holders) if holders else None) or super()._place(plan, r)
 
     def _queue_or_merge(self, plan: Plan, r: RequestView, holders: list[InstanceView]) -> list[Action] | None:
-        """Every instance that can hold `r` is full: hold it for a merge of an aligned group of the
-        smallest degree that holds it, with room for it now (chosen as forced merges are), when queueing
-        on the instance that frees room first would take longer than that merge. None: queue it."""
+        """No instance that holds `r` would start it soon: hold it for a merge of an aligned group of the
+        smallest degree that holds it (chosen as forced merges are) when the merge and its own prefill
+        there would bring its first token clearly sooner (MERGE_GAIN) than queueing on the best holder
+        (its queued prefill work, and the wait for room where it is full). None: queue it."""
         snap, need = plan.snap, r.need_tokens
-        wait = min(wait_for_room(self.cost, i, need, self.config.max_num_seqs) for i in holders)
+        queued = min(self._ttft(i, r) for i in holders)
         if plan.busy:
             group = pending_merge(snap, plan.instances)
             if group is None:
                 return None
             left = price_merge(self.cost, snap, group, self.config).cost.time_s - (snap.time - snap.pending.started)
-            if free_after_merge(snap, group) < need or wait <= left:
+            if free_after_merge(snap, group) < need or queued <= MERGE_GAIN * (left + self._prefill(group.tp, r)):
                 return None
             return [Hold(r.id, f"needs {need} KV tokens: waiting for the merge of devices {list(group.devices)}")]
         tp = next(t for t in degrees(snap) if snap.kv_capacity_by_tp[t] >= need)
@@ -171,12 +174,21 @@ class GygesPolicy(StaticPolicy):
         if group is None or group.tp != tp or free_after_merge(snap, group) < need:
             return None
         took = price_merge(self.cost, snap, group, self.config).cost.time_s
-        if wait <= took:
+        if queued <= MERGE_GAIN * (took + self._prefill(tp, r)):
             return None
         plan.start(group.devices)
-        return [Merge(group.devices, f"request {r.id} needs {need} KV tokens: the instances that hold it "
-                                     f"have room in {wait:.1f} s, a merge takes {took:.1f} s"),
+        return [Merge(group.devices, f"request {r.id} needs {need} KV tokens: its first token comes in {queued:.1f} s "
+                                     f"on the instances that hold it, a merge takes {took:.1f} s"),
                 Hold(r.id, f"waiting for the merge of devices {list(group.devices)}")]
+
+    def _ttft(self, inst: InstanceView, r: RequestView) -> float:
+        """When `r`'s first token would come on `inst`: its queued prefill work, and where it is full,
+        the wait for room (router's prediction with the freeness router too: this is about merging)."""
+        t = predicted_ttft(self.cost, inst, r, self.config)
+        return max(t, wait_for_room(self.cost, inst, r.need_tokens, self.config.max_num_seqs)) if room(inst) < r.need_tokens else t
+
+    def _prefill(self, tp: int, r: RequestView) -> float:
+        return self.cost.prefill_time(tp, r.prompt_tokens, self.config.max_batched_tokens)
 
     def _no_room(self, plan: Plan, r: RequestView) -> list[Action]:
         """No instance can ever hold it as it is: merge the group that will (forced, so no cost test:

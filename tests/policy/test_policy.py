@@ -147,18 +147,24 @@ def full_tp2(left: int) -> InstanceView:
     return inst(0, 2, running=[req(i, LONG, LONG - left) for i in range(3)])
 
 
+SLOW_MERGE = GygesPolicy(CostModel(COST.model, HardwareProfile(**{**HW.__dict__, "switch_overhead_s": 5.0})))
+
+
 def test_a_long_request_merges_a_second_pair_rather_than_queue_behind_a_full_one():
     tp2 = full_tp2(left=20000)
     assert wait_for_room(COST, tp2, LONG, 64) > MERGE_S
     actions = POLICY.decide(snap(tp2, inst(2), inst(3)), Arrival(req(9, LONG)))
-    assert merge_of(actions).devices == (2, 3) and "room in" in merge_of(actions).reason
+    assert merge_of(actions).devices == (2, 3) and "first token comes in" in merge_of(actions).reason
     assert actions[-1] == Hold(9, actions[-1].reason) and "merge" in actions[-1].reason
 
 
-def test_a_long_request_queues_where_room_frees_sooner_than_a_merge_takes():
+def test_a_long_request_merges_when_its_first_token_comes_clearly_sooner_than_beside_long_decodes():
+    """Room frees within a step, but the full instance's three 75k-token decodes slow every prefill step
+    of it by half: a merged pair of its own starts it sooner. Where the merge takes longer, it queues."""
     tp2 = full_tp2(left=1)
     assert 0 < wait_for_room(COST, tp2, LONG, 64) < MERGE_S
-    assert POLICY.decide(snap(tp2, inst(2), inst(3)), Arrival(req(9, LONG))) == [Route(9, 0)]
+    assert isinstance(POLICY.decide(snap(tp2, inst(2), inst(3)), Arrival(req(9, LONG)))[0], Merge)
+    assert SLOW_MERGE.decide(snap(tp2, inst(2), inst(3)), Arrival(req(9, LONG))) == [Route(9, 0)]
 
 
 def test_no_second_merge_when_the_pair_has_no_room_either():
@@ -178,7 +184,8 @@ def test_held_for_the_merge_in_progress_while_the_full_instance_drains_slower():
     merging = (inst(2, transforming=True), inst(3, transforming=True))
     actions = POLICY.decide(snap(full_tp2(left=20000), *merging, pending=pending), Arrival(req(9, LONG)))
     assert actions == [Hold(9, actions[0].reason)] and "merge of devices [2, 3]" in actions[0].reason
-    assert POLICY.decide(snap(full_tp2(left=1), *merging, pending=pending), Arrival(req(9, LONG))) == [Route(9, 0)]
+    queued = SLOW_MERGE.decide(snap(full_tp2(left=1), *merging, pending=pending), Arrival(req(9, LONG)))
+    assert queued == [Route(9, 0)]
 
 
 # refused transformations are not proposed again until something changed
