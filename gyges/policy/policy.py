@@ -171,7 +171,7 @@ class GygesPolicy(StaticPolicy):
             return [Hold(r.id, f"needs {need} KV tokens: waiting for the merge of devices {list(group.devices)}")]
         tp = next(t for t in degrees(snap) if snap.kv_capacity_by_tp[t] >= need)
         group = merge_for(snap, plan.instances, need, plan.blocked)
-        if group is None or group.tp != tp or free_after_merge(snap, group) < need:
+        if group is None or group.tp != tp or free_after_merge(snap, group) < need or not self._spare(plan, group):
             return None
         took = price_merge(self.cost, snap, group, self.config).cost.time_s
         if queued <= MERGE_GAIN * (took + self._prefill(tp, r)):
@@ -180,6 +180,15 @@ class GygesPolicy(StaticPolicy):
         return [Merge(group.devices, f"request {r.id} needs {need} KV tokens: its first token comes in {queued:.1f} s "
                                      f"on the instances that hold it, a merge takes {took:.1f} s"),
                 Hold(r.id, f"waiting for the merge of devices {list(group.devices)}")]
+
+    def _spare(self, plan: Plan, group) -> bool:
+        """A merge that only starts a request sooner leaves at least a quarter of its host in instances no
+        larger than home's largest: the rest of the traffic keeps instances it is served best on."""
+        home = max(plan.home.sizes) if plan.home else 1
+        host = group.devices[0] // plan.snap.host_devices
+        small = sum(i.tp for i in plan.instances if i.devices[0] // plan.snap.host_devices == host
+                    and i.tp <= home and not set(i.devices) <= set(group.devices))
+        return small >= plan.snap.host_devices / 4
 
     def _ttft(self, inst: InstanceView, r: RequestView) -> float:
         """When `r`'s first token would come on `inst`: its queued prefill work, and where it is full,
