@@ -56,8 +56,8 @@ class PolicyMemory:
 
 
 class Views:
-    """The snapshot's request views of each instance are kept until its requests change (`changed`):
-    the policy looks after every event, the requests of most instances have not moved since."""
+    """Each instance's view is kept until its requests change (`changed`) or what else it shows does:
+    the policy looks after every event, and most instances have not moved since."""
 
     def __init__(self, instances: Instances, transitions: Transitions, recovery: Recovery, host_devices: int | None):
         self.instances, self.transitions, self.recovery = instances, transitions, recovery
@@ -67,19 +67,25 @@ class Views:
     def changed(self, inst: Instance):
         self._cache.pop(inst, None)
 
-    def _requests(self, inst: Instance) -> tuple:
-        views = self._cache.get(inst)
-        if views is None:
-            views = self._cache[inst] = (tuple(request_view(s) for s in inst.scheduler.running),
-                                         tuple(request_view(s) for s in inst.scheduler.waiting))
-        return views
+    def _view(self, inst: Instance) -> ps.InstanceView:
+        """The instance's view, kept while its requests and everything else it shows are unchanged
+        (so the sums the policy takes over its requests are computed once: InstanceView's cached ones)."""
+        bt = self.instances.limits.block_tokens
+        key = (inst.pool.free_blocks, inst.pool.total_blocks, inst.formed_at, self.transitions.involves(inst),
+               inst.draining)
+        cached = self._cache.get(inst)
+        if cached is None or cached[0] != key:
+            running, waiting = (cached[1].running, cached[1].waiting) if cached is not None else (
+                tuple(request_view(s) for s in inst.scheduler.running),
+                tuple(request_view(s) for s in inst.scheduler.waiting))
+            cached = self._cache[inst] = (key, ps.InstanceView(inst.id, tuple(inst.devices), key[1] * bt, key[0] * bt,
+                                                               running, waiting, *key[2:]))
+        return cached[1]
 
     def snapshot(self, now: float, held: list[Sequence], recent: tuple[ps.RequestView, ...] = (),
                  home: ps.HomeLayout | None = None) -> ps.Snapshot:
-        bt, lay, tr = self.instances.limits.block_tokens, self.instances.layout, self.transitions
-        insts = tuple(ps.InstanceView(
-            i.id, tuple(i.devices), i.pool.total_blocks * bt, i.pool.free_blocks * bt,
-            *self._requests(i), i.formed_at, tr.involves(i), i.draining) for i in self.instances)
+        lay, tr = self.instances.layout, self.transitions
+        insts = tuple(self._view(i) for i in self.instances)
         pending = None
         if tr.pending is not None:
             t = tr.pending.transition

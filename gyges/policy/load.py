@@ -10,8 +10,7 @@ def requests_of(inst: InstanceView) -> tuple[RequestView, ...]:
 def room(inst: InstanceView) -> int:
     """KV tokens free once every request it has grows to its need: free now, minus what running
     requests still add, minus what queued ones will take. Negative: it is overcommitted."""
-    return (inst.kv_free_tokens - sum(r.need_tokens - r.computed_tokens for r in inst.running)
-            - sum(r.need_tokens for r in inst.waiting))
+    return inst.kv_free_tokens - inst.growth_tokens
 
 
 def freeness(inst: InstanceView) -> float:

@@ -11,21 +11,20 @@ import math
 
 from gyges.policy.config import PolicyConfig
 from gyges.policy.cost_model import CostModel, StepLoad
-from gyges.policy.load import freeness, requests_of, room
+from gyges.policy.load import freeness, room
 from gyges.policy.snapshot import InstanceView, RequestView
 
 
 def prefill_backlog(inst: InstanceView) -> int:
     """Prompt tokens queued on the instance: waiting requests' whole prompts, running ones' remainders."""
-    return sum(max(0, r.prompt_tokens - r.computed_tokens) for r in requests_of(inst))
+    return inst.prefill_tokens
 
 
 def _step(cost: CostModel, inst: InstanceView, chunk_cap: int, config: PolicyConfig) -> tuple[float, int]:
     """(seconds, prompt tokens) of one of the instance's steps while prompts are queued on it."""
-    decoding = [r.computed_tokens for r in inst.running if r.computed_tokens >= r.prompt_tokens]
-    chunk = max(1, min(chunk_cap, config.max_batched_tokens - len(decoding)))
-    context = sum(decoding)
-    load = StepLoad(chunk, len(decoding), context + chunk * (chunk + 1) / 2, context + chunk)
+    decoding, context = inst.decodes
+    chunk = max(1, min(chunk_cap, config.max_batched_tokens - decoding))
+    load = StepLoad(chunk, decoding, context + chunk * (chunk + 1) / 2, context + chunk)
     return cost.step_time(inst.tp, load), chunk
 
 

@@ -5,6 +5,7 @@ pure function of these values, so it is tested on hand-made snapshots and shared
 and `gyges simulate`.
 """
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,26 @@ class InstanceView:
     @property
     def tp(self) -> int:
         return len(self.devices)
+
+    # sums over its requests, computed once per view (the controller keeps a view while nothing in it changes)
+
+    @cached_property
+    def growth_tokens(self) -> int:
+        """KV tokens its requests take before they reach their needs: running ones' remainders, queued
+        ones' whole needs."""
+        return sum(r.need_tokens - r.computed_tokens for r in self.running) + sum(r.need_tokens for r in self.waiting)
+
+    @cached_property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens still to compute: waiting requests' whole prompts, running ones' remainders."""
+        return (sum(max(0, r.prompt_tokens - r.computed_tokens) for r in self.running)
+                + sum(r.prompt_tokens for r in self.waiting))
+
+    @cached_property
+    def decodes(self) -> tuple[int, int]:
+        """(requests past their prompt, the KV tokens they read each step)."""
+        lens = [r.computed_tokens for r in self.running if r.computed_tokens >= r.prompt_tokens]
+        return len(lens), sum(lens)
 
 
 @dataclass(frozen=True)
