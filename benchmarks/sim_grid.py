@@ -12,7 +12,6 @@ Writes results/sim_grid.json ({"cells": [{"model", "gpu", "trace", "policies": {
 static layout, per cell)."""
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
 from datetime import datetime, timezone
@@ -22,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gyges.bench.slo import parse_slo  # noqa: E402
-from gyges.sim.compare import Setting, bound_of, search  # noqa: E402
+from gyges.sim.compare import Setting, bound_of  # noqa: E402
 from gyges.sim.profiles import gpu, model  # noqa: E402
 from gyges.sim.run import Setup  # noqa: E402
+from gyges.sim.searches import search_many  # noqa: E402
 
 MODELS = ("llama-3.1-8b", "qwen2.5-32b", "llama-3.1-70b")
 GPUS = ("h100", "a100")
@@ -47,22 +47,6 @@ def setting(cell: str) -> Setting:
     return Setting(setup, parse_slo(SLO), trace=workload, duration=DURATION_S)
 
 
-_SETTINGS: dict[str, Setting] = {}
-
-
-def job(args: tuple[str, str]) -> tuple[str, str, dict, float]:
-    """One (cell, policy): its max rate at the SLO; runs in a worker process."""
-    cell, name = args
-    if cell not in _SETTINGS:
-        _SETTINGS[cell] = setting(cell)
-    t0 = time.perf_counter()
-    try:
-        out, _ = search(_SETTINGS[cell], name)
-    except ValueError as e:  # a model the policy's instances cannot hold, say
-        out = {"max_rate_at_slo": 0.0, "skipped": str(e)}
-    return cell, name, out, time.perf_counter() - t0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", nargs="+", default=None, help="MODEL/GPU/TRACE-or-SCENARIO (default: all)")
@@ -72,18 +56,29 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.perf_counter()
     chosen = args.cells or cells()
-    names = {c: [n for n in setting(c).policies() if not args.policies or n in args.policies] for c in chosen}
-    jobs = [(c, n) for c in chosen for n in names[c]]
-    results: dict[str, dict[str, dict]] = {c: {} for c in chosen}
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        for k, (cell, name, out, took) in enumerate(pool.imap_unordered(job, jobs), 1):
-            results[cell][name] = out
-            print(f"[{k}/{len(jobs)} {time.perf_counter() - t0:6.0f} s] {cell:<42} {name:<28} "
-                  f"{out['max_rate_at_slo']:.3g} req/s ({took:.0f} s)", flush=True)
+    settings = {c: setting(c) for c in chosen}
+    names = {c: [n for n in s.policies() if not args.policies or n in args.policies] for c, s in settings.items()}
+    total, k = sum(map(len, names.values())), 0
+
+    def done(cell: str, name: str, out: dict, took: float) -> None:
+        nonlocal k
+        k += 1
+        rate = out["max_rate_at_slo"]
+        print(f"[{k}/{total} {time.perf_counter() - t0:6.0f} s] {cell:<42} {name:<28} "
+              + (f"{rate:.3g} req/s ({took:.0f} s)" if rate is not None else f"skipped: {out['skipped']}"), flush=True)
+
+    results, _ = search_many(settings, names, args.workers, on_done=done)
+    forced = {c: [f] for c in chosen if (f := _forced_uniform(settings[c], results[c]))
+              and results[c][f]["max_rate_at_slo"] is None}  # the paper's baseline is searched even when it cannot win
+    if forced:
+        total += sum(map(len, forced.values()))
+        again, _ = search_many({c: settings[c] for c in forced}, forced, args.workers, on_done=done)
+        for c, found in again.items():
+            results[c].update(found)
     grid = []
     for cell in chosen:
         m, g, w = cell.split("/")
-        s = setting(cell)
+        s = settings[cell]
         pols = results[cell]
         bound = bound_of(s.setup, s.requests, pols, s.phases())
         statics = {n: r["max_rate_at_slo"] for n, r in pols.items() if n.startswith("static") and r.get("rejected") == 0}

@@ -6,6 +6,8 @@ it; it says which gains a policy could possibly show.
   the fewest device-seconds.
 - `layout_bounds`: one layout for the whole trace (the best static one) against each phase served by
   its own best layout (a planner that follows the phases), both priced as the planner prices layouts.
+- `layout_rates`: every layout's own bound, which lets a rate search skip a layout that cannot beat a
+  rate another one already sustains.
 """
 from dataclasses import dataclass
 
@@ -57,16 +59,32 @@ class LayoutBounds:
 def layout_bounds(cost: CostModel, capacity_by_tp: dict[int, int], phases: list[list[tuple[int, int]]], host: int,
                   devices: int, config: PolicyConfig) -> LayoutBounds:
     """Phases of (prompt, output) requests on `devices` in hosts of `host`: every host laid out alike."""
+    priced = _priced(cost, capacity_by_tp, phases, host, config)
+    n = sum(len(r) for r in phases)
+    best = min(priced[0], key=lambda lay: sum(p[lay] for p in priced))
+    return LayoutBounds(best, devices * n / sum(p[best] for p in priced),
+                        [min(p, key=p.get) for p in priced], devices * n / sum(min(p.values()) for p in priced))
+
+
+def layout_rates(cost: CostModel, capacity_by_tp: dict[int, int], phases: list[list[tuple[int, int]]], host: int,
+                 devices: int, config: PolicyConfig) -> dict[tuple[int, ...], float]:
+    """Each layout's requests/s at full utilization over all phases: no static layout sustains more at
+    the SLO, so a rate search can skip a layout whose bound is below a rate another one sustains."""
+    priced = _priced(cost, capacity_by_tp, phases, host, config)
+    n = sum(len(r) for r in phases)
+    return {lay: devices * n / sum(p[lay] for p in priced) for lay in priced[0]}
+
+
+def _priced(cost: CostModel, capacity_by_tp: dict[int, int], phases: list[list[tuple[int, int]]], host: int,
+            config: PolicyConfig) -> list[dict[tuple[int, ...], float]]:
+    """Per phase: layout -> device-seconds of one host serving the whole phase (the planner's pricing)."""
     degrees = [t for t in sorted(capacity_by_tp) if t <= host and capacity_by_tp[t] > 0]
     caps = {t: capacity_by_tp[t] for t in degrees}
     cands = layouts(host, degrees)
-    priced = []  # per phase: layout -> device-seconds of one host serving the whole phase
+    priced = []
     for reqs in phases:
         window = tuple(RequestView(i, p, p + o) for i, (p, o) in enumerate(reqs))
         classes = classify(window, caps)
         rates = class_rates(cost, classes, degrees, caps, config)
         priced.append({lay: device_seconds(lay, classes, rates, degrees) for lay in cands})
-    n = sum(len(r) for r in phases)
-    best = min(cands, key=lambda lay: sum(p[lay] for p in priced))
-    return LayoutBounds(best, devices * n / sum(p[best] for p in priced),
-                        [min(p, key=p.get) for p in priced], devices * n / sum(min(p.values()) for p in priced))
+    return priced

@@ -2,13 +2,15 @@
 highest rate each policy sustains within the SLO (gyges/sim/compare.py)."""
 import argparse
 import json
+import os
 
 from gyges.bench.slo import parse_slo
 from gyges.bench.traces import write_trace
 from gyges.sim import scenarios
-from gyges.sim.compare import ATTAINMENT, Setting, bound_of, fmt, run_once, search
+from gyges.sim.compare import ATTAINMENT, Setting, bound_of, fmt, run_once
 from gyges.sim.profiles import GPUS, MODELS, gpu, model
 from gyges.sim.run import Setup
+from gyges.sim.searches import search_many
 
 
 def add_parser(sub) -> None:
@@ -30,6 +32,8 @@ def add_parser(sub) -> None:
                    help="KV block tokens (vLLM's 16; larger blocks plan transformations faster, coarser KV accounting)")
     p.add_argument("--rate", type=float, default=None, help="rescale arrivals to this many requests/s")
     p.add_argument("--compare", action="store_true", help="every policy, each at its highest rate within the SLO")
+    p.add_argument("--workers", type=int, default=None, help="with --compare: processes searching at once "
+                   "(default: every core)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", nargs="?", const="results", default=None,
                    help="write TTFT CDFs, throughput over time and layout timelines to this folder (default results/)")
@@ -60,15 +64,17 @@ def main(args) -> int:
     names = args.policy.split(",") if args.policy else (list(pols) if args.compare else ["gyges"])
     if any(n not in pols for n in names):
         raise ValueError(f"unknown policy in {args.policy!r}; choose from {', '.join(pols)}")
+    show = lambda _key, name, figures, _took: print(f"{name:<28} " + " ".join(fmt(k, v) for k, v in figures.items()),
+                                                    flush=True)
     out, shown = {}, {}  # shown: each policy's run at its reported rate, for --plot
-    for name in names:
-        if args.compare:
-            out[name], run = search(setting, name, pols, progress=True)
-            if run is not None:
-                shown[name] = run
-        else:
+    if args.compare:
+        workers = min(args.workers or os.cpu_count() or 1, len(names))
+        found, runs = search_many({"": setting}, {"": names}, workers, keep_runs=bool(args.plot), on_done=show)
+        out, shown = found[""], {name: run for (_, name), run in runs.items()}
+    else:
+        for name in names:
             out[name], shown[name] = run_once(setting, name, args.rate, progress=True)
-        print(f"{name:<28} " + " ".join(fmt(k, v) for k, v in out[name].items()), flush=True)
+            show("", name, out[name], 0.0)
     extra = {"bound": bound_of(setup, setting.requests, out, setting.phases())} if args.compare else {}
     if args.plot:
         from gyges.sim.plots import write_plots

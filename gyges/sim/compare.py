@@ -56,9 +56,10 @@ class Setting:
         return scenarios.phases_of(self.scenario, self.requests) if self.scenario else None
 
 
-def search(setting: Setting, name: str, pols: dict[str, tuple] | None = None,
-           progress: bool = False) -> tuple[dict, SimResult | None]:
-    """The policy's highest rate at the SLO, with the figures of its run there (and that run)."""
+def search(setting: Setting, name: str, pols: dict[str, tuple] | None = None, progress: bool = False,
+           start: float | None = None, factor: float = 2.0) -> tuple[dict, SimResult | None]:
+    """The policy's highest rate at the SLO, with the figures of its run there (and that run); the
+    search starts at `start` (default: the workload's own rate) and brackets by `factor`."""
     pols = pols or setting.policies()
     ref, caps, best, shown = unloaded_of(setting.setup), setting.setup.kv_capacities(), {}, {}
 
@@ -72,7 +73,7 @@ def search(setting: Setting, name: str, pols: dict[str, tuple] | None = None,
             shown["run"] = res
         return s["attains"]
 
-    rate = max_rate(meets, setting.native)
+    rate = max_rate(meets, start or setting.native, factor=factor)
     return {"max_rate_at_slo": rate, **{k: v for k, v in best.items() if k != "rate"}}, shown.get("run")
 
 

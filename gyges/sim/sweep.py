@@ -7,11 +7,12 @@ from collections.abc import Callable
 
 
 def max_rate(attains: Callable[[float], bool], start: float, rel_tol: float = 0.02,
-             max_runs: int = 16) -> float:
+             max_runs: int = 16, factor: float = 2.0) -> float:
     """The highest rate found to attain (0.0 if none does), within `rel_tol` of the boundary.
 
-    Doubles (or halves) from `start` until it brackets the boundary, then bisects. Assumes
-    attainment falls as the rate rises; `max_runs` bounds the simulations.
+    Multiplies (or divides) `start` by `factor` until it brackets the boundary, then bisects. Assumes
+    attainment falls as the rate rises; `max_runs` bounds the simulations. A start just above the
+    boundary is cheapest when failing runs stop early (gyges.sim.run.GiveUp).
     """
     if start <= 0:
         raise ValueError(f"the starting rate must be positive, got {start}")
@@ -24,13 +25,13 @@ def max_rate(attains: Callable[[float], bool], start: float, rel_tol: float = 0.
         if ok:
             lo = rate
             if hi is None:
-                rate *= 2
+                rate *= factor
                 continue
         else:
             hi = rate
             if lo == 0.0:
-                rate /= 2
-                if runs >= max_runs or rate < start * 2.0 ** -10:
+                rate /= factor
+                if runs >= max_runs or rate < start / 1024:
                     break
                 continue
         if hi - lo <= rel_tol * hi:
