@@ -8,6 +8,7 @@ whole pages with no copy, and a matrix's shard at any degree is m equal-stride p
 """
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from gyges.model.config import ModelConfig
 
@@ -160,9 +161,31 @@ class DeviceLayout:
     def page_elems(self) -> int:
         return self.unit.nbytes // self.unit.dtype_bytes
 
-    def slab_pages_of(self, slab: int) -> range:
-        start = self.replicated_pages + slab * self.slab_pages
+    @cached_property
+    def slots(self) -> int:
+        """Weight slabs a device has room for: as many as it holds at the smallest degree whose shard fits
+        beside the replicated weights (max_tp when the whole model fits one device). Head group g's
+        slab lives in slot g mod `slots` on every device, so a merge keeps each device's weights where
+        they are and a split fetches into the slots of its new groups; a model that does not fit one
+        device is still addressed within the device's pages."""
+        if self.whole_weights:
+            return self.max_tp
+        tp = 1
+        while tp < self.max_tp and self.replicated_pages + self.slab_pages * units_per_block(self.max_tp, tp) > self.num_pages:
+            tp *= 2
+        return units_per_block(self.max_tp, tp)
+
+    def slot_of(self, group: int) -> int:
+        return group % self.slots
+
+    def slab_pages_of(self, group: int) -> range:
+        """The pages of head group `group`'s weight slab (on any device that holds it)."""
+        start = self.replicated_pages + self.slot_of(group) * self.slab_pages
         return range(start, start + self.slab_pages)
+
+    def slab_region(self) -> range:
+        """Every device's pages that weight slabs can take."""
+        return range(self.replicated_pages, self.replicated_pages + self.slots * self.slab_pages)
 
     def weight_pages(self, tp: int, rank: int) -> range:
         """The one contiguous page range of rank `rank`'s shard at TP `tp`."""

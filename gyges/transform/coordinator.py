@@ -133,7 +133,7 @@ class Transition:
         self.devices = [d for i in old for d in i.devices]
         self.started = time.perf_counter()
         self.placed: Placed = {}
-        self.fetched: set[tuple[int, int]] = set()
+        self.fetched: set[tuple[int, int]] = set()  # (device, weight slot) copied during pre-copy
         self.reserved: dict[int, np.ndarray] = {d: pages_array([]) for d in self.devices}
         self.todo: deque[Move] = deque()  # pre-copy runs not handed out yet
         self.precopy_bytes, self.precopy_s = 0, 0.0

@@ -89,7 +89,7 @@ def pages_array(pages) -> np.ndarray:
 def kv_page_order(layout: DeviceLayout, pages) -> np.ndarray:
     """Pages in the order KV should take them: outside the weight slabs first (a later split needs
     those back, and a merge's freed slabs cannot be pre-copied into), lowest first so runs coalesce."""
-    lo, hi = layout.replicated_pages, layout.min_pages(1)  # the weight slabs
+    lo, hi = layout.slab_region().start, layout.slab_region().stop
     ordered = np.sort(pages_array(pages))
     in_slabs = (ordered >= lo) & (ordered < hi)
     return np.concatenate([ordered[~in_slabs], ordered[in_slabs]])
@@ -233,7 +233,10 @@ def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqK
                fetched: set[tuple[int, int]] = frozenset()) -> TransformPlan:
     """One instance of TP T (devices in rank order) becomes k instances of TP T/k.
 
-    `fetched`: (device, slab) weight copies already done during pre-copy.
+    `fetched`: (device, slot) weight copies already done during pre-copy. A device fetches a slab
+    into the slot of its group; when that slot holds one of its present groups that another device
+    must fetch from it (a model that does not fit one device shares slots among groups), the split
+    is refused rather than planned as a copy that could overwrite its own source.
     """
     T, max_tp = len(devices), layout.max_tp
     if k < 2 or k & (k - 1) or T % k:
@@ -253,17 +256,24 @@ def plan_split(layout: DeviceLayout, devices: list[int], k: int, seqs: list[SeqK
         rest = iter(d for d in members if d not in ranks)
         parts.append([r if r is not None else next(rest) for r in ranks])
     # weights each device must fetch, and the pages they land in
-    weight_moves, pinned = [], {}
+    weight_moves, pinned, overwritten = [], {}, set()
     for part in parts:
         for d in part:
             have = groups_of(devices, max_tp, d)
             need = groups_of(part, max_tp, d)
             pinned[d] = layout.weight_pages(len(part), part.index(d))
             for g in () if layout.whole_weights else need:
-                if g not in have and (d, g) not in fetched:
+                if g not in have and (d, layout.slot_of(g)) not in fetched:
                     src = owner_of(devices, max_tp, g)
                     pages = layout.slab_pages_of(g)
                     weight_moves.append(Move(src, d, pages.start, pages.start, len(pages)))
+                    overwritten.update((d, h) for h in have if h not in need and layout.slot_of(h) == layout.slot_of(g))
+    sources = {(owner_of(devices, max_tp, g), g) for part in parts for d in part
+               for g in groups_of(part, max_tp, d) if g not in groups_of(devices, max_tp, d)}
+    if overwritten & sources:
+        d, h = min(overwritten & sources)
+        raise TransformError(f"split refused: device {d} would overwrite head group {h}'s weights while another "
+                             f"device copies them (the instance was not formed by merging these halves)")
     # balance requests by KV size: biggest first, onto the part with the most room left
     kv_pages = {d: layout.num_pages - layout.replicated_pages - len(pinned[d]) for d in devices}
     room = {j: min(kv_pages[d] for d in part) // units_per_block(max_tp, t) for j, part in enumerate(parts)}

@@ -76,3 +76,23 @@ def test_real_runs_skip_padding_and_keep_the_unpadded_order():
     assert [(r.piece, r.start, r.stop) for r in gate_up] == [(0, 0, 384), (1, 0, 384), (0, 384, 768), (1, 384, 768)]
     with pytest.raises(ValueError, match="no sharded matrix"):
         real_runs(SMOLLM2, pad4, "embed", range(1))
+
+
+def layout_needing_tp2(max_tp: int = 4):
+    """SmolLM2 on devices with room for only three of its four weight slabs: it fits from TP2 on."""
+    big = device_layout(SMOLLM2, max_tp, 16, 2, 2**30)
+    pages = big.replicated_pages + 3 * big.slab_pages + 64
+    return device_layout(SMOLLM2, max_tp, 16, 2, pages * big.page_bytes)
+
+
+def test_a_model_that_needs_tp2_is_addressed_within_each_device():
+    lay = layout_needing_tp2()
+    assert lay.kv_capacity(1) < 0 < lay.kv_capacity(2) and lay.slots == 2
+    for tp in (2, 4):
+        for rank in range(tp):
+            pages = lay.weight_pages(tp, rank)
+            assert pages.stop <= lay.num_pages and len(pages) == lay.slab_pages * (4 // tp)
+            free = lay.free_pages(tp, rank)
+            assert len(free) == lay.kv_capacity(tp) and max(free) < lay.num_pages and not set(free) & set(pages)
+    assert lay.slab_region().stop <= lay.num_pages
+    assert device_layout(SMOLLM2, 4, 16, 2, 2**30).slots == 4  # a model that fits one device: a slot per group

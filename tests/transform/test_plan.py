@@ -140,3 +140,19 @@ def test_split_uses_a_precopied_unit_only_where_its_request_still_lands():
     assert plan.seq_pages[0][2] == right
     assert not set(plan.seq_pages[0][0]) & set(wrong + list(slab2))
     assert {(mv.src, mv.dst) for mv in plan.kv_moves if mv.src_page == slab2.start} == {(0, 0)}
+
+
+def test_a_model_that_needs_tp2_merges_in_place_splits_back_and_refuses_a_split_that_would_overwrite():
+    from tests.memory.test_layout import layout_needing_tp2
+    lay = layout_needing_tp2()
+    insts = [[0, 1], [2, 3]]
+    free = {d: lay.free_pages(2, r) for inst in insts for r, d in enumerate(inst)}
+    merged = plan_merge(lay, insts, [], free)
+    assert merged.instances == [[0, 2, 1, 3]] and not merged.weight_moves
+    assert all(max(p) < lay.num_pages for p in merged.free_after.values())
+    back = plan_split(lay, [0, 2, 1, 3], 2, [], merged.free_after)
+    assert back.instances == [[0, 1], [2, 3]]
+    assert back.weight_moves and all(mv.dst_page + mv.count <= lay.num_pages for mv in back.weight_moves)
+    # a TP4 instance built in device order: device 1 would drop the group device 0 copies from it
+    with pytest.raises(TransformError, match="overwrite"):
+        plan_split(lay, [0, 1, 2, 3], 2, [], {d: lay.free_pages(4, d) for d in range(4)})
