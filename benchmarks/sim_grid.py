@@ -53,6 +53,7 @@ def main() -> int:
     ap.add_argument("--policies", nargs="+", default=None, help="only these (default: every one of each cell)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "results" / "sim_grid.json"))
+    ap.add_argument("--merge", action="store_true", help="keep the other cells already in --out (run some cells again)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     chosen = args.cells or cells()
@@ -65,7 +66,8 @@ def main() -> int:
         k += 1
         rate = out["max_rate_at_slo"]
         print(f"[{k}/{total} {time.perf_counter() - t0:6.0f} s] {cell:<42} {name:<28} "
-              + (f"{rate:.3g} req/s ({took:.0f} s)" if rate is not None else f"skipped: {out['skipped']}"), flush=True)
+              + (f"{rate:.3g} req/s ({took:.0f} s)" if rate is not None
+                 else f"skipped: {out['skipped']}" if "skipped" in out else f"FAILED: {out['error']}"), flush=True)
 
     results, _ = search_many(settings, names, args.workers, on_done=done)
     forced = {c: [f] for c in chosen if (f := _forced_uniform(settings[c], results[c]))
@@ -90,6 +92,11 @@ def main() -> int:
                      "forced_uniform": forced, "gyges_over_forced_uniform":
                          gy / pols[forced]["max_rate_at_slo"] if forced and gy and pols[forced]["max_rate_at_slo"] else None,
                      "bound": bound})
+    if args.merge and Path(args.out).exists():
+        kept = [c for c in json.loads(Path(args.out).read_text())["cells"]
+                if f"{c['model']}/{c['gpu']}/{c['trace']}" not in chosen]
+        order = {c: i for i, c in enumerate(cells())}
+        grid = sorted(kept + grid, key=lambda c: order.get(f"{c['model']}/{c['gpu']}/{c['trace']}", len(order)))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                           "wall_s": time.perf_counter() - t0, "slo": SLO, "cells": grid}, indent=1))
@@ -113,10 +120,10 @@ def table(grid: list[dict]) -> str:
     rows = [f"{'cell':<42} {'gyges':>7} {'best static':>24} {'ratio':>6} {'vs forced':>9} {'peers ahead':>12}"]
     for c in grid:
         pols = c["policies"]
-        gy = pols.get("gyges", {}).get("max_rate_at_slo", 0.0)
+        gy = pols.get("gyges", {}).get("max_rate_at_slo") or 0.0
         best = c["best_static"]
         ahead = [n for n in ("llumnix", "kunserve", "flying-serving", "loongserve")
-                 if pols.get(n, {}).get("max_rate_at_slo", 0.0) > gy]
+                 if (pols.get(n, {}).get("max_rate_at_slo") or 0.0) > gy]
         ratio = c["gyges_over_best_static"]
         forced = c["gyges_over_forced_uniform"]
         rows.append(f"{c['model'] + '/' + c['gpu'] + '/' + c['trace']:<42} {gy:7.3g} "

@@ -7,6 +7,7 @@ hold the longest one), nor when its own bound (`layout_rates`, the planner's pri
 utilization) is below a rate another static layout of the same setting already sustained: it cannot
 be the best static layout. The best layouts by bound are searched first, so that this prunes most."""
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -117,12 +118,16 @@ def _start(setup, requests: list[tuple[int, int]], native: float) -> float:
 
 
 def _search(setting: Setting, name: str, start: float, keep_run: bool) -> tuple[dict, SimResult | None, float]:
-    """One search, in a worker process: a policy that cannot run the model is reported, not raised."""
+    """One search, in a worker process: a policy that cannot run the model is reported, not raised, and
+    so is a failure (with its traceback), so that one bug does not lose the other searches."""
     t0 = time.perf_counter()
     try:
         out, run = search(setting, name, start=start, factor=FACTOR)
     except ValueError as e:
         out, run = {"max_rate_at_slo": 0.0, "skipped": str(e)}, None
+    except Exception as e:  # noqa: BLE001 - reported in the results and printed
+        out, run = {"max_rate_at_slo": None, "error": f"{type(e).__name__}: {e}",
+                    "traceback": traceback.format_exc()}, None
     return out, run if keep_run else None, time.perf_counter() - t0
 
 

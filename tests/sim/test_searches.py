@@ -48,3 +48,16 @@ def test_searches_in_two_processes_find_what_one_search_finds(setting):
     for n in names:
         alone, _ = search(setting, n, start=start, factor=FACTOR)
         assert found["x"][n]["max_rate_at_slo"] == alone["max_rate_at_slo"] > 0
+
+
+def test_a_search_that_fails_is_reported_with_its_traceback(setting, monkeypatch):
+    import gyges.sim.searches as searches
+
+    def broken(*args, **kwargs):
+        raise IndexError("page 9 is out of bounds")
+    monkeypatch.setattr(searches, "search", broken)
+    found, _ = search_many({"x": setting}, {"x": ["gyges", "static-tp2"]})
+    for name in ("gyges", "static-tp2"):
+        out = found["x"][name]
+        assert out["max_rate_at_slo"] is None and out["error"] == "IndexError: page 9 is out of bounds"
+        assert "Traceback" in out["traceback"]
