@@ -116,3 +116,24 @@ def test_a_worker_dying_mid_serving_restarts_workers_and_every_request_completes
     assert [s.output_ids for s in seqs] == expected  # re-queued with their tokens, seeded draws resume
     assert all(s.finish_reason == "length" and s.num_preemptions == 0 for s in seqs)
     assert no_workers_left()
+
+
+def test_a_model_that_fits_only_at_tp2_serves_correctly(tiny_llama):
+    """Each device has room for half the sharded weights: rank 1's slab must sit inside its memory."""
+    lay = device_layout(ModelConfig.from_hf(tiny_llama), 2, 4, 4, 1 << 30)
+    kv = min(64, lay.slab_pages - 1)
+    memory = (lay.replicated_pages + lay.slab_pages + kv) * lay.page_bytes
+    cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=2, max_tp=2, dtype="float32", device_memory=memory,
+                        block_tokens=4)
+    with pytest.raises(ModelError, match="at TP 1"):
+        Cluster(ClusterConfig(model=str(tiny_llama), devices=2, tp=1, max_tp=2, dtype="float32",
+                              device_memory=memory, block_tokens=4))
+    prompts = [[(i * 5 + j * 11) % 500 + 3 for j in range(9 + 3 * i)] for i in range(3)]
+    with Cluster(cfg, record_logits=True) as cluster:
+        seqs = [cluster.add_request(p, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)) for p in prompts]
+        while cluster.has_work:
+            cluster.step()
+        outs = [cluster.output(s) for s in seqs]
+    assert all(len(o.token_ids) == 8 for o in outs)
+    check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
+    assert no_workers_left()
