@@ -91,10 +91,10 @@ class Instances:
         return Instance(list(devices), sched, pool, formed_at=self.clock())
 
     def reset(self, sizes: list[int]):
-        """Empty instances laid out as `sizes` in device order."""
+        """Empty instances laid out as `sizes` in device order (ranks: `DeviceLayout.rank_order`)."""
         self.all, start = [], 0
         for s in sizes:
-            self.all.append(self.build(list(range(start, start + s))))
+            self.all.append(self.build(self.layout.rank_order(list(range(start, start + s)))))
             start += s
 
     def replace(self, old: list[Instance], new: list[Instance]):

@@ -175,6 +175,16 @@ class DeviceLayout:
             tp *= 2
         return units_per_block(self.max_tp, tp)
 
+    def rank_order(self, devices: list[int]) -> list[int]:
+        """The rank order of a new instance on aligned `devices`: as a merge of instances of the smallest
+        degree that holds the weights would order them, so that splitting it back finds every device's
+        weights in their slots (device order when the whole model fits one device)."""
+        smallest = self.max_tp // self.slots
+        if self.slots == self.max_tp or len(devices) <= smallest:
+            return list(devices)
+        half = len(devices) // 2
+        return [d for pair in zip(self.rank_order(devices[:half]), self.rank_order(devices[half:])) for d in pair]
+
     def slot_of(self, group: int) -> int:
         return group % self.slots
 

@@ -125,10 +125,10 @@ class Worker:
         self.arena = Arena(layout, dtype, self.device, packed=kernels)
         self.peers, self.peer_reads_reason = self._peer_arenas()
         start, tp = group_of(spec.layout, rank)
-        local = rank - start
+        local = layout.rank_order(list(range(start, start + tp))).index(rank)  # as the controller's Instances
         self.load_weights(tp, local)
         self.model = LlamaShard(self.arena, kernels)
-        self.bind(tp, local, rank - local)
+        self.bind(tp, local, start)
 
     def _kernels_off(self, dtype: torch.dtype) -> str:
         """Why the C kernels are off here ("" when they are on)."""

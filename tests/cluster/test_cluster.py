@@ -118,22 +118,29 @@ def test_a_worker_dying_mid_serving_restarts_workers_and_every_request_completes
     assert no_workers_left()
 
 
-def test_a_model_that_fits_only_at_tp2_serves_correctly(tiny_llama):
-    """Each device has room for half the sharded weights: rank 1's slab must sit inside its memory."""
-    lay = device_layout(ModelConfig.from_hf(tiny_llama), 2, 4, 4, 1 << 30)
+def test_a_model_that_fits_only_at_tp2_serves_correctly_at_tp4(tiny_llama):
+    """Each device has room for half the sharded weights: every slab must sit inside its memory, and a
+    TP4 instance's ranks are ordered as a merge of two TP2 ones would order them (the workers agree)."""
+    lay = device_layout(ModelConfig.from_hf(tiny_llama), 4, 4, 4, 1 << 30)
     kv = min(64, lay.slab_pages - 1)
-    memory = (lay.replicated_pages + lay.slab_pages + kv) * lay.page_bytes
-    cfg = ClusterConfig(model=str(tiny_llama), devices=2, tp=2, max_tp=2, dtype="float32", device_memory=memory,
-                        block_tokens=4)
+    memory = (lay.replicated_pages + 2 * lay.slab_pages + kv) * lay.page_bytes
+    small = dict(model=str(tiny_llama), devices=4, max_tp=4, dtype="float32", device_memory=memory, block_tokens=4)
     with pytest.raises(ModelError, match="at TP 1"):
-        Cluster(ClusterConfig(model=str(tiny_llama), devices=2, tp=1, max_tp=2, dtype="float32",
-                              device_memory=memory, block_tokens=4))
+        Cluster(ClusterConfig(tp=1, **small))
     prompts = [[(i * 5 + j * 11) % 500 + 3 for j in range(9 + 3 * i)] for i in range(3)]
-    with Cluster(cfg, record_logits=True) as cluster:
-        seqs = [cluster.add_request(p, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)) for p in prompts]
-        while cluster.has_work:
+    with Cluster(ClusterConfig(tp=4, **small), record_logits=True) as cluster:
+        assert [i.devices for i in cluster.instances] == [[0, 2, 1, 3]]
+        seqs = [cluster.add_request(p, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)) for p in prompts]
+        for step in range(1, 100):
+            if not cluster.has_work:
+                break
             cluster.step()
+            if step == 3:
+                cluster.split(0)  # each device fetches the slab it lacks into the slot it left free
+                assert [i.devices for i in cluster.instances] == [[0, 1], [2, 3]]
+            if step == 7:
+                cluster.merge([0, 1, 2, 3])
         outs = [cluster.output(s) for s in seqs]
-    assert all(len(o.token_ids) == 8 for o in outs)
+    assert all(len(o.token_ids) == 12 for o in outs)
     check_against_reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), outs)
     assert no_workers_left()

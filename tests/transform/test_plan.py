@@ -156,3 +156,8 @@ def test_a_model_that_needs_tp2_merges_in_place_splits_back_and_refuses_a_split_
     # a TP4 instance built in device order: device 1 would drop the group device 0 copies from it
     with pytest.raises(TransformError, match="overwrite"):
         plan_split(lay, [0, 1, 2, 3], 2, [], {d: lay.free_pages(4, d) for d in range(4)})
+    # so new instances take the order a merge gives them, and split like a merged one
+    built = lay.rank_order([0, 1, 2, 3])
+    assert built == [0, 2, 1, 3]
+    assert plan_split(lay, built, 2, [], {d: lay.free_pages(4, r) for r, d in enumerate(built)}).instances == [[0, 1], [2, 3]]
+    assert LAYOUT.rank_order([0, 1, 2, 3]) == [0, 1, 2, 3]  # a model that fits one device: device order
