@@ -30,6 +30,7 @@ class Job:
     bound: float | None       # a static layout's own bound (None: not a static layout)
     sizes: tuple[int, ...] | None   # a static layout's instance sizes per host
     rank: int                 # searched in rank order across settings
+    why: str | None = None    # why it needs no search, known before any run
 
 
 Done = Callable[[str, str, dict, float], None]
@@ -87,14 +88,22 @@ def plan(key: str, setting: Setting, names: list[str]) -> list[Job]:
             b = bounds.get(statics[n], 0.0)
             jobs.append(Job(key, n, start, b, statics[n], 0 if b == order[0] else 2 + order.index(b)))
         else:
-            jobs.append(Job(key, n, start, None, None, 1))
+            jobs.append(Job(key, n, start, None, None, 1, _cannot_start(*pols[n][1:])))
     return jobs
 
 
+def _cannot_start(sizes: tuple[int, ...] | None, setup) -> str | None:
+    """Why a peer cannot run the model at all: its starting instances do not hold the weights."""
+    small = min(sizes) if sizes else None
+    if small and setup.cost().kv_capacity_tokens(small, setup.block_tokens) <= 0:
+        return f"its TP{small} instances do not hold the model's weights on this GPU"
+    return None
+
+
 def skipped(job: Job, setting: Setting, done: dict[str, dict]) -> str | None:
-    """Why a static layout needs no search (None: search it)."""
-    if job.bound is None:
-        return None
+    """Why a job needs no search (None: search it)."""
+    if job.why or job.bound is None:
+        return job.why
     need = max(r.input_len + r.output_len for r in setting.requests)
     held = setting.setup.kv_capacities().get(max(job.sizes), 0)
     if held < need:

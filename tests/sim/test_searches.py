@@ -61,3 +61,11 @@ def test_a_search_that_fails_is_reported_with_its_traceback(setting, monkeypatch
         out = found["x"][name]
         assert out["max_rate_at_slo"] is None and out["error"] == "IndexError: page 9 is out of bounds"
         assert "Traceback" in out["traceback"]
+
+
+def test_a_peer_whose_instances_cannot_hold_the_weights_is_skipped_with_the_reason():
+    big = Setting(Setup(model("llama-3.1-70b"), gpu("h100"), gpus=2, max_tp=2), parse_slo(["ttft:5x"]),
+                  trace="azure-code", duration=30)
+    jobs = {j.name: j for j in plan("x", big, ["kunserve", "gyges", "static-tp2"])}
+    assert "TP1 instances do not hold the model's weights" in skipped(jobs["kunserve"], big, {})
+    assert jobs["gyges"].why is None and skipped(jobs["gyges"], big, {}) is None  # it starts at TP2
