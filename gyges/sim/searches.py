@@ -59,7 +59,7 @@ def search_many(settings: dict[str, Setting], names: dict[str, list[str]], worke
         while pending or running:
             while pending and len(running) < workers:
                 job = pending.popleft()
-                why = skipped(job, settings[job.key], results[job.key])
+                why = skipped(job, results[job.key])
                 if why:
                     finish(job, {"max_rate_at_slo": None, "skipped": why}, None, 0.0)
                     continue
@@ -81,15 +81,29 @@ def plan(key: str, setting: Setting, names: list[str]) -> list[Job]:
     bounds = layout_rates(setup.cost(), setup.kv_capacities(), phases, setup.host, setup.gpus,
                           setup.policy_config()) if statics else {}
     order = sorted({bounds.get(s, 0.0) for s in statics.values()}, reverse=True)
+    need = max(r.input_len + r.output_len for r in setting.requests)
+    starts = {}  # one rate bound per cost model: every static layout and most peers share it
     jobs = []
     for n in names:
-        start = _start(pols[n][2], flat, setting.native)
+        on = pols[n][2]
+        if on.cost_model not in starts:
+            starts[on.cost_model] = _start(on, flat, setting.native)
+        start = starts[on.cost_model]
         if n in statics:
             b = bounds.get(statics[n], 0.0)
-            jobs.append(Job(key, n, start, b, statics[n], 0 if b == order[0] else 2 + order.index(b)))
+            jobs.append(Job(key, n, start, b, statics[n], 0 if b == order[0] else 2 + order.index(b),
+                            cannot_hold(statics[n], setup, need)))
         else:
             jobs.append(Job(key, n, start, None, None, 1, _cannot_start(*pols[n][1:])))
     return jobs
+
+
+def cannot_hold(sizes: tuple[int, ...], setup, need: int) -> str | None:
+    """Why a static layout would reject requests at every rate: its largest instance does not hold the longest."""
+    held = setup.kv_capacities().get(max(sizes), 0)
+    if held < need:
+        return f"its largest instance (TP{max(sizes)}) holds {held} tokens, the longest request needs {need}"
+    return None
 
 
 def _cannot_start(sizes: tuple[int, ...] | None, setup) -> str | None:
@@ -100,14 +114,10 @@ def _cannot_start(sizes: tuple[int, ...] | None, setup) -> str | None:
     return None
 
 
-def skipped(job: Job, setting: Setting, done: dict[str, dict]) -> str | None:
+def skipped(job: Job, done: dict[str, dict]) -> str | None:
     """Why a job needs no search (None: search it)."""
     if job.why or job.bound is None:
         return job.why
-    need = max(r.input_len + r.output_len for r in setting.requests)
-    held = setting.setup.kv_capacities().get(max(job.sizes), 0)
-    if held < need:
-        return f"its largest instance (TP{max(job.sizes)}) holds {held} tokens, the longest request needs {need}"
     rates = {n: r["max_rate_at_slo"] for n, r in done.items()
              if n.startswith("static") and r.get("rejected") == 0 and r.get("max_rate_at_slo")}
     best = max(rates, key=rates.get, default=None)

@@ -6,7 +6,7 @@ from gyges.bench.slo import parse_slo
 from gyges.sim.compare import Setting, search
 from gyges.sim.profiles import gpu, model
 from gyges.sim.run import Setup
-from gyges.sim.searches import FACTOR, Job, plan, search_many, skipped
+from gyges.sim.searches import FACTOR, Job, cannot_hold, plan, search_many, skipped
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +25,18 @@ def test_the_static_layout_with_the_highest_bound_goes_first_then_gyges(setting)
 
 def test_a_static_layout_is_skipped_only_when_it_cannot_win(setting):
     job = Job("x", "static-tp2", 1.0, 5.0, (2,), 2)
-    assert skipped(job, setting, {}) is None
-    assert skipped(job, setting, {"static-tp1": {"max_rate_at_slo": 4.0, "rejected": 0}}) is None
-    assert "below static-tp1's 6" in skipped(job, setting, {"static-tp1": {"max_rate_at_slo": 6.0, "rejected": 0}})
+    assert skipped(job, {}) is None
+    assert skipped(job, {"static-tp1": {"max_rate_at_slo": 4.0, "rejected": 0}}) is None
+    assert "below static-tp1's 6" in skipped(job, {"static-tp1": {"max_rate_at_slo": 6.0, "rejected": 0}})
     # a layout that rejected requests, or a policy that is not static, sets no bar
-    assert skipped(job, setting, {"static-tp1": {"max_rate_at_slo": 6.0, "rejected": 3},
+    assert skipped(job, {"static-tp1": {"max_rate_at_slo": 6.0, "rejected": 3},
                                   "gyges": {"max_rate_at_slo": 9.0, "rejected": 0}}) is None
-    tiny = Job("x", "static-tp1", 1.0, 5.0, (1,), 2)
     need = max(r.input_len + r.output_len for r in setting.requests)
     big = Setting(Setup(model("llama-3.1-70b"), gpu("h100"), gpus=2, max_tp=2), setting.slo, trace="azure-code",
                   duration=30)
-    assert "holds" in skipped(tiny, big, {}) and str(need) in skipped(tiny, big, {})
+    why = cannot_hold((1,), big.setup, need)
+    tiny = Job("x", "static-tp1", 1.0, 5.0, (1,), 2, why)
+    assert "holds" in skipped(tiny, {}) and str(need) in skipped(tiny, {})
 
 
 def test_searches_in_two_processes_find_what_one_search_finds(setting):
@@ -63,9 +64,9 @@ def test_a_search_that_fails_is_reported_with_its_traceback(setting, monkeypatch
         assert "Traceback" in out["traceback"]
 
 
-def test_a_peer_whose_instances_cannot_hold_the_weights_is_skipped_with_the_reason():
+def test_a_peer_whose_instancescannot_hold_the_weights_is_skipped_with_the_reason():
     big = Setting(Setup(model("llama-3.1-70b"), gpu("h100"), gpus=2, max_tp=2), parse_slo(["ttft:5x"]),
                   trace="azure-code", duration=30)
     jobs = {j.name: j for j in plan("x", big, ["kunserve", "gyges", "static-tp2"])}
-    assert "TP1 instances do not hold the model's weights" in skipped(jobs["kunserve"], big, {})
-    assert jobs["gyges"].why is None and skipped(jobs["gyges"], big, {}) is None  # it starts at TP2
+    assert "TP1 instances do not hold the model's weights" in skipped(jobs["kunserve"], {})
+    assert jobs["gyges"].why is None and skipped(jobs["gyges"], {}) is None  # it starts at TP2
